@@ -1,0 +1,30 @@
+package edge
+
+// Data is one WebSocket message body: UTF-8 text or binary.
+//
+// Bytes is shared, not copied, on its way to every subscriber: it must not be
+// modified once it has been published or sent.
+type Data struct {
+	Bytes  []byte
+	Binary bool
+}
+
+// Text returns the text Data holding s.
+func Text(s string) Data { return Data{Bytes: []byte(s)} }
+
+// Binary returns the binary Data holding b. It does not copy b.
+func Binary(b []byte) Data { return Data{Bytes: b, Binary: true} }
+
+// String returns the body as a string, whatever its kind.
+func (d Data) String() string { return string(d.Bytes) }
+
+// Message is a published Data with its address.
+//
+// Namespace scopes a topic: peers of another namespace never receive the
+// message. The empty Namespace means every namespace, and is only meaningful
+// for a server-side publish (Hub.Publish).
+type Message struct {
+	Namespace string
+	Topic     string
+	Data      Data
+}

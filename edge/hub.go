@@ -1,0 +1,477 @@
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults for the zero values of Options.
+const (
+	DefaultQueueSize      = 4096
+	DefaultMaxBatch       = 256
+	DefaultPublishTimeout = 5 * time.Second
+	DefaultGatewayWorkers = 4
+)
+
+// Options configure a Hub. The zero value is a hub alone: local delivery only.
+type Options struct {
+	// Sync builds the driver that relays to the other instances. nil
+	// means alone: local delivery only.
+	Sync Sync
+	// Gateway reaches peers held outside this process. nil means none.
+	Gateway Gateway
+	// OnError receives every backplane error with its stage. nil logs
+	// with slog.Error. It must not block for long.
+	OnError func(err error, info ErrorInfo)
+
+	// QueueSize bounds the outbound relay queue, and the Gateway's
+	// queue, in messages. A full queue drops the message and reports
+	// ErrQueueFull at StagePublish. 0 means DefaultQueueSize.
+	QueueSize int
+	// MaxBatch bounds how many queued messages one PublishBatch carries.
+	// 0 means DefaultMaxBatch.
+	MaxBatch int
+	// PublishTimeout bounds one Driver.Publish or PublishBatch call, and
+	// one Gateway.Deliver. 0 means DefaultPublishTimeout.
+	PublishTimeout time.Duration
+	// GatewayWorkers is how many Gateway deliveries run at once. 0 means
+	// DefaultGatewayWorkers.
+	GatewayWorkers int
+}
+
+// Hub is the sync core of one instance: it indexes the topics of the peers
+// held in this process, delivers published messages to them, hands them to
+// the Gateway and relays them through the Driver. A Hub is safe for
+// concurrent use.
+type Hub struct {
+	id             string
+	driver         Driver
+	gateway        Gateway
+	onError        func(error, ErrorInfo)
+	maxBatch       int
+	publishTimeout time.Duration
+
+	relayQueue   chan Message
+	gatewayQueue chan gatewayJob
+	pending      tracker
+	workers      sync.WaitGroup
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.RWMutex
+	closed  bool
+	spaces  map[string]map[string]*memberSet // namespace → topic → members
+	members map[*Member]struct{}
+
+	published, relayed, received, dropped, errs atomic.Uint64
+}
+
+type gatewayJob struct {
+	msg    Message
+	except string
+}
+
+// New starts a Hub. It builds the driver with opts.Sync, returning its error,
+// and subscribes it; a subscribe failure is reported at StageSubscribe, not
+// returned, because local delivery never depends on the backplane.
+func New(opts Options) (*Hub, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Hub{
+		id:             NewID(),
+		gateway:        opts.Gateway,
+		onError:        opts.OnError,
+		maxBatch:       orDefault(opts.MaxBatch, DefaultMaxBatch),
+		publishTimeout: orDefault(opts.PublishTimeout, DefaultPublishTimeout),
+		ctx:            ctx,
+		cancel:         cancel,
+		spaces:         make(map[string]map[string]*memberSet),
+		members:        make(map[*Member]struct{}),
+	}
+	queueSize := orDefault(opts.QueueSize, DefaultQueueSize)
+	if opts.Sync != nil {
+		d, err := buildDriver(opts.Sync, Instance{ID: h.id, Report: h.report})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("edge: sync: %w", err)
+		}
+		h.driver = d
+		h.relayQueue = make(chan Message, queueSize)
+		h.workers.Add(1)
+		go h.relay()
+		if err := h.subscribe(); err != nil {
+			h.report(err, StageSubscribe)
+		}
+	}
+	if h.gateway != nil {
+		h.gatewayQueue = make(chan gatewayJob, queueSize)
+		for range orDefault(opts.GatewayWorkers, DefaultGatewayWorkers) {
+			h.workers.Add(1)
+			go h.deliverToGateway()
+		}
+	}
+	return h, nil
+}
+
+func buildDriver(sync Sync, inst Instance) (d Driver, err error) {
+	defer recoverInto(&err)
+	d, err = sync(inst)
+	if err == nil && d == nil {
+		err = errors.New("Sync returned a nil Driver")
+	}
+	return d, err
+}
+
+func (h *Hub) subscribe() (err error) {
+	defer recoverInto(&err)
+	return h.driver.Subscribe(h.ctx, h.receive)
+}
+
+// ID returns the instance id, random for every Hub. Drivers stamp it on what
+// they relay so that an instance can recognise its own echo.
+func (h *Hub) ID() string { return h.id }
+
+// Publish delivers msg to the subscribers of its topic: synchronously to the
+// peers held in this process, then through the Gateway and the Driver to the
+// rest of the cluster. An empty msg.Namespace reaches every namespace.
+//
+// Publish does not wait for the network: relays are queued and their failures
+// go to OnError. It returns an error only for an invalid message, a closed Hub
+// or a ctx already done.
+func (h *Hub) Publish(ctx context.Context, msg Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return h.publish(msg, nil)
+}
+
+func (h *Hub) publish(msg Message, from *Member) error {
+	if msg.Topic == "" {
+		return ErrInvalidTopic
+	}
+	h.mu.RLock()
+	if h.closed {
+		h.mu.RUnlock()
+		return ErrClosed
+	}
+	h.fanOut(msg, from)
+	h.mu.RUnlock()
+	h.published.Add(1)
+
+	if h.gatewayQueue != nil {
+		var except string
+		if from != nil {
+			except = from.id
+		}
+		h.pending.add(1)
+		select {
+		case h.gatewayQueue <- gatewayJob{msg, except}:
+		default:
+			h.pending.done(1)
+			h.drop()
+		}
+	}
+	if h.relayQueue != nil {
+		h.pending.add(1)
+		select {
+		case h.relayQueue <- msg:
+		default:
+			h.pending.done(1)
+			h.drop()
+		}
+	}
+	return nil
+}
+
+func (h *Hub) drop() {
+	h.dropped.Add(1)
+	h.report(ErrQueueFull, StagePublish)
+}
+
+// fanOut delivers msg to the local subscribers of its topic, except from.
+// h.mu is held for reading.
+func (h *Hub) fanOut(msg Message, from *Member) {
+	if msg.Namespace != "" {
+		h.fanOutSet(h.spaces[msg.Namespace][msg.Topic], msg.Data, from)
+		return
+	}
+	for _, topics := range h.spaces {
+		h.fanOutSet(topics[msg.Topic], msg.Data, from)
+	}
+}
+
+func (h *Hub) fanOutSet(set *memberSet, d Data, from *Member) {
+	if set == nil {
+		return
+	}
+	for _, m := range set.list {
+		if m != from {
+			h.deliverTo(m, d)
+		}
+	}
+}
+
+// deliverTo hands d to one member, isolating the others from its panic.
+func (h *Hub) deliverTo(m *Member, d Data) {
+	defer func() {
+		if v := recover(); v != nil {
+			err := &PanicError{Value: v, Stack: debug.Stack()}
+			h.report(err, StageDelivery)
+			go m.closeEndpoint(StatusInternalError, "internal error")
+		}
+	}()
+	m.ep.Deliver(d)
+}
+
+// receive is the deliver callback given to the driver: an inbound message
+// goes to every local subscriber and is never relayed again.
+func (h *Hub) receive(msg Message) {
+	defer func() {
+		if v := recover(); v != nil {
+			h.report(&PanicError{Value: v, Stack: debug.Stack()}, StageDelivery)
+		}
+	}()
+	if msg.Topic == "" {
+		h.report(fmt.Errorf("inbound message: %w", ErrInvalidTopic), StageDelivery)
+		return
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.closed {
+		return
+	}
+	h.received.Add(1)
+	h.fanOut(msg, nil)
+}
+
+// relay drains the outbound queue into the driver, batching what has piled up.
+func (h *Hub) relay() {
+	defer h.workers.Done()
+	bd, canBatch := h.driver.(BatchDriver)
+	batch := make([]Message, 0, h.maxBatch)
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case msg := <-h.relayQueue:
+			batch = append(batch[:0], msg)
+		fill:
+			for len(batch) < h.maxBatch {
+				select {
+				case msg := <-h.relayQueue:
+					batch = append(batch, msg)
+				default:
+					break fill
+				}
+			}
+			var err error
+			if canBatch && len(batch) > 1 {
+				err = h.call(func(ctx context.Context) error { return bd.PublishBatch(ctx, batch) })
+			} else {
+				for _, msg := range batch {
+					if e := h.call(func(ctx context.Context) error { return h.driver.Publish(ctx, msg) }); e != nil {
+						err = e
+					}
+				}
+			}
+			if err != nil {
+				h.report(err, StagePublish)
+			} else {
+				h.relayed.Add(uint64(len(batch)))
+			}
+			clear(batch) // let the payloads go
+			h.pending.done(len(batch))
+		}
+	}
+}
+
+func (h *Hub) deliverToGateway() {
+	defer h.workers.Done()
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case job := <-h.gatewayQueue:
+			err := h.call(func(ctx context.Context) error { return h.gateway.Deliver(ctx, job.msg, job.except) })
+			if err != nil {
+				h.report(err, StagePublish)
+			}
+			h.pending.done(1)
+		}
+	}
+}
+
+// call runs one outbound network call with the publish timeout, recovering a panic.
+func (h *Hub) call(fn func(ctx context.Context) error) (err error) {
+	defer recoverInto(&err)
+	ctx, cancel := context.WithTimeout(h.ctx, h.publishTimeout)
+	defer cancel()
+	return fn(ctx)
+}
+
+// Flush waits until every message published before the call has been handed
+// to the Driver and the Gateway, or ctx is done. A Lambda handler calls it
+// before it returns, because a frozen function runs no goroutine.
+func (h *Hub) Flush(ctx context.Context) error {
+	return h.pending.wait(ctx, h.ctx.Done())
+}
+
+// Close closes every peer held in this process (status 1001), then closes
+// the driver, returning its error. Messages still queued for relay are
+// dropped: call Flush first to wait for them. Clients passed to drivers stay
+// open. Close is idempotent.
+func (h *Hub) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	members := make([]*Member, 0, len(h.members))
+	for m := range h.members {
+		members = append(members, m)
+	}
+	h.mu.Unlock()
+
+	for _, m := range members {
+		m.closeEndpoint(StatusGoingAway, "going away")
+	}
+	h.cancel()
+	h.workers.Wait()
+	if h.driver == nil {
+		return nil
+	}
+	err := closeDriver(h.driver)
+	if err != nil {
+		return fmt.Errorf("edge: close driver: %w", err)
+	}
+	return nil
+}
+
+func closeDriver(d Driver) (err error) {
+	defer recoverInto(&err)
+	return d.Close()
+}
+
+// report hands err to OnError, never letting OnError's own panic escape.
+func (h *Hub) report(err error, stage Stage) {
+	h.errs.Add(1)
+	defer func() {
+		if v := recover(); v != nil {
+			slog.Error("edgesync: OnError panicked", "panic", v, "err", err, "stage", string(stage))
+		}
+	}()
+	if h.onError != nil {
+		h.onError(err, ErrorInfo{Stage: stage})
+		return
+	}
+	slog.Error("edgesync backplane error", "stage", string(stage), "err", err)
+}
+
+// Stats are counters of a Hub since it started.
+type Stats struct {
+	Peers     int    // peers held in this process now
+	Published uint64 // messages published on this instance
+	Relayed   uint64 // messages handed to the driver without error
+	Received  uint64 // messages received from the driver and delivered locally
+	Dropped   uint64 // messages dropped because an outbound queue was full
+	Errors    uint64 // errors reported to OnError
+}
+
+// Stats returns the Hub's counters.
+func (h *Hub) Stats() Stats {
+	h.mu.RLock()
+	peers := len(h.members)
+	h.mu.RUnlock()
+	return Stats{
+		Peers:     peers,
+		Published: h.published.Load(),
+		Relayed:   h.relayed.Load(),
+		Received:  h.received.Load(),
+		Dropped:   h.dropped.Load(),
+		Errors:    h.errs.Load(),
+	}
+}
+
+// NewID returns a random version 4 UUID, the form crossws uses for ids.
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+func recoverInto(err *error) {
+	if v := recover(); v != nil {
+		*err = &PanicError{Value: v, Stack: debug.Stack()}
+	}
+}
+
+// tracker counts work in flight, for Flush.
+type tracker struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to zero; nil while n is zero
+}
+
+func (t *tracker) add(n int) {
+	t.mu.Lock()
+	if t.n == 0 {
+		t.idle = make(chan struct{})
+	}
+	t.n += n
+	t.mu.Unlock()
+}
+
+func (t *tracker) done(n int) {
+	t.mu.Lock()
+	t.n -= n
+	if t.n == 0 {
+		close(t.idle)
+		t.idle = nil
+	}
+	t.mu.Unlock()
+}
+
+func (t *tracker) wait(ctx context.Context, closed <-chan struct{}) error {
+	t.mu.Lock()
+	idle := t.idle
+	t.mu.Unlock()
+	if idle == nil {
+		return nil
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-closed:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

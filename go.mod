@@ -1,0 +1,3 @@
+module github.com/edgesync/edgesync
+
+go 1.26.0

@@ -1,0 +1,530 @@
+package drivertest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgesync/edgesync/edge"
+)
+
+// relay has from publish msg and waits until every instance of to has
+// received it.
+func relay(t *testing.T, from *instance, msg edge.Message, to ...*instance) {
+	t.Helper()
+	from.publish(t, msg)
+	for _, in := range to {
+		got := in.inbox.waitText(t, in.name, string(msg.Data.Bytes))
+		if !sameMessage(got, msg) {
+			t.Errorf("%s received %s, want %s", in.name, formatMessage(got), formatMessage(msg))
+		}
+	}
+}
+
+func sameMessage(a, b edge.Message) bool {
+	return a.Namespace == b.Namespace && a.Topic == b.Topic &&
+		a.Data.Binary == b.Data.Binary && bytes.Equal(a.Data.Bytes, b.Data.Bytes)
+}
+
+// countText returns how many messages with body text in has received.
+func countText(in *instance, text string) int {
+	n := 0
+	for _, m := range in.inbox.snapshot() {
+		if string(m.Data.Bytes) == text {
+			n++
+		}
+	}
+	return n
+}
+
+// testFanOut publishes in turn from each of three instances. Each message
+// must reach both other instances, once, and never its publisher: an
+// instance that published message k and then received message k+1 from
+// another instance would have received its own echo of k by then.
+func (s *driverSuite) testFanOut(t *testing.T) {
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	b := s.newInstance(t, "B", ch)
+	c := s.newInstance(t, "C", ch)
+	all := []*instance{a, b, c, a}
+
+	var sent []edge.Message
+	for i, from := range all {
+		msg := textMessage("/drivertest", "fan-out", fmt.Sprintf("m%d", i+1))
+		var others []*instance
+		for _, in := range all[:3] {
+			if in != from {
+				others = append(others, in)
+			}
+		}
+		relay(t, from, msg, others...)
+		sent = append(sent, msg)
+	}
+	for i, msg := range sent[:3] {
+		from, text := all[i], string(msg.Data.Bytes)
+		if from.inbox.hasText(text) {
+			t.Errorf("%s received its own message %q", from.name, text)
+		}
+		for _, in := range all[:3] {
+			if n := countText(in, text); in != from && n != 1 {
+				t.Errorf("%s received message %q %d times, want once", in.name, text, n)
+			}
+		}
+	}
+}
+
+// testBidirectional relays both ways between two instances.
+func (s *driverSuite) testBidirectional(t *testing.T) {
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	b := s.newInstance(t, "B", ch)
+	relay(t, a, textMessage("/drivertest", "both-ways", "a-to-b"), b)
+	relay(t, b, textMessage("/drivertest", "both-ways", "b-to-a"), a)
+	relay(t, a, textMessage("/drivertest", "both-ways", "a-to-b-again"), b)
+}
+
+// testData checks that bodies arrive byte for byte and keep their kind.
+func (s *driverSuite) testData(t *testing.T) {
+	allBytes := make([]byte, 256)
+	for i := range allBytes {
+		allBytes[i] = byte(i)
+	}
+	cases := []struct {
+		name string
+		data edge.Data
+	}{
+		{"binary-every-byte-value", edge.Binary(allBytes)},
+		{"binary-empty", edge.Binary([]byte{})},
+		{"binary-that-looks-like-text", edge.Binary([]byte(`{"hello":"world"}`))},
+		{"text-unicode", edge.Text("héllo wörld ✓ 日本語 🚀 \u2028 \x00 tab\tnewline\n")},
+		{"text-json", edge.Text(`{"id":"x","msg":{"topic":"t","binary":true,"data":"\"q\" \\ \u00e9"}}`)},
+		{"text-that-looks-like-base64", edge.Text("aGVsbG8=")},
+		{"text-empty", edge.Text("")},
+	}
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	b := s.newInstance(t, "B", ch)
+	prefix := "data-" + edge.NewID() + "/"
+	for _, c := range cases {
+		a.publish(t, edge.Message{Namespace: "/drivertest", Topic: prefix + c.name, Data: c.data})
+	}
+	got := waitTopics(t, b, prefix, len(cases))
+	for _, c := range cases {
+		want := edge.Message{Namespace: "/drivertest", Topic: prefix + c.name, Data: c.data}
+		msgs := got[want.Topic]
+		if len(msgs) != 1 {
+			t.Errorf("%s: received %d times, want once", c.name, len(msgs))
+			continue
+		}
+		if m := msgs[0]; !sameMessage(m, want) {
+			t.Errorf("%s: received %s, want %s", c.name, formatMessage(m), formatMessage(want))
+		}
+	}
+}
+
+// waitTopics waits until in has received a message on n distinct topics
+// that start with prefix, and returns the messages by topic.
+func waitTopics(t *testing.T, in *instance, prefix string, n int) map[string][]edge.Message {
+	t.Helper()
+	var byTopic map[string][]edge.Message
+	in.inbox.waitFor(t, waitTimeout, fmt.Sprintf("%s to receive %d messages", in.name, n), func(msgs []edge.Message) bool {
+		byTopic = make(map[string][]edge.Message)
+		for _, m := range msgs {
+			if len(m.Topic) >= len(prefix) && m.Topic[:len(prefix)] == prefix {
+				byTopic[m.Topic] = append(byTopic[m.Topic], m)
+			}
+		}
+		return len(byTopic) >= n
+	})
+	return byTopic
+}
+
+// testAddress checks that namespaces, including the empty namespace, and
+// topics arrive as published.
+func (s *driverSuite) testAddress(t *testing.T) {
+	addresses := []struct{ namespace, topic string }{
+		{"", "every-namespace"},
+		{"/_ws", "chat"},
+		{"/rooms/ü ✓", "topic with spaces/ü ✓"},
+		{"ns", `a:b.c*?[x]{y}"q"\e%s`},
+		{"/drivertest", "0"},
+	}
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	b := s.newInstance(t, "B", ch)
+	var sent []edge.Message
+	for i, addr := range addresses {
+		msg := textMessage(addr.namespace, addr.topic, fmt.Sprintf("address-%d", i))
+		a.publish(t, msg)
+		sent = append(sent, msg)
+	}
+	for _, msg := range sent {
+		got := b.inbox.waitText(t, "B", string(msg.Data.Bytes))
+		if !sameMessage(got, msg) {
+			t.Errorf("received %s, want %s", formatMessage(got), formatMessage(msg))
+		}
+	}
+}
+
+// testForeignChannel runs two channels side by side and checks that neither
+// sees the other's messages. Each channel's check follows a marker that its
+// own instances relayed after the foreign message was published.
+func (s *driverSuite) testForeignChannel(t *testing.T) {
+	ch1, ch2 := newChannel(), newChannel()
+	a1 := s.newInstance(t, "A1", ch1)
+	b1 := s.newInstance(t, "B1", ch1)
+	a2 := s.newInstance(t, "A2", ch2)
+	b2 := s.newInstance(t, "B2", ch2)
+
+	const ns, topic = "/drivertest", "shared-topic"
+	foreign := textMessage(ns, topic, "on-channel-2")
+	relay(t, a2, foreign, b2)
+	local := textMessage(ns, topic, "on-channel-1")
+	relay(t, a1, local, b1)
+	relay(t, b1, textMessage(ns, topic, "marker-1"), a1)
+	relay(t, b2, textMessage(ns, topic, "marker-2"), a2)
+
+	for _, in := range []*instance{a1, b1} {
+		if in.inbox.hasText(string(foreign.Data.Bytes)) {
+			t.Errorf("%s on channel 1 received a message published on channel 2", in.name)
+		}
+	}
+	for _, in := range []*instance{a2, b2} {
+		if in.inbox.hasText(string(local.Data.Bytes)) {
+			t.Errorf("%s on channel 2 received a message published on channel 1", in.name)
+		}
+	}
+}
+
+// testPublishBatch checks that every message of a batch reaches every other
+// instance.
+func (s *driverSuite) testPublishBatch(t *testing.T) {
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	bd, ok := a.driver.(edge.BatchDriver)
+	if !ok {
+		t.Skip("the driver is not an edge.BatchDriver")
+	}
+	b := s.newInstance(t, "B", ch)
+	c := s.newInstance(t, "C", ch)
+
+	const n = 100
+	prefix := "batch-" + edge.NewID() + "/"
+	namespaces := []string{"/drivertest", "", "/other"}
+	batch := make([]edge.Message, n)
+	for i := range batch {
+		msg := edge.Message{Namespace: namespaces[i%len(namespaces)], Topic: fmt.Sprintf("%s%d", prefix, i)}
+		if i%2 == 0 {
+			msg.Data = edge.Binary([]byte{byte(i), 0, 255 - byte(i)})
+		} else {
+			msg.Data = edge.Text(fmt.Sprintf("message %d ✓", i))
+		}
+		batch[i] = msg
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := bd.PublishBatch(ctx, batch); err != nil {
+		t.Fatalf("PublishBatch: %v", err)
+	}
+	one := textMessage("/drivertest", prefix+"one", "batch-of-one")
+	if err := bd.PublishBatch(ctx, []edge.Message{one}); err != nil {
+		t.Fatalf("PublishBatch of one message: %v", err)
+	}
+	for _, in := range []*instance{b, c} {
+		got := waitTopics(t, in, prefix, n+1)
+		for _, want := range append(slices.Clone(batch), one) {
+			msgs := got[want.Topic]
+			if len(msgs) != 1 {
+				t.Errorf("%s received the message on %q %d times, want once", in.name, want.Topic, len(msgs))
+			} else if !sameMessage(msgs[0], want) {
+				t.Errorf("%s received %s, want %s", in.name, formatMessage(msgs[0]), formatMessage(want))
+			}
+		}
+	}
+	if a.inbox.hasText(string(one.Data.Bytes)) {
+		t.Errorf("A received its own batch")
+	}
+}
+
+// testConcurrentHub publishes from many goroutines at once through a real
+// Hub and checks that another Hub delivers every message to its subscriber.
+func (s *driverSuite) testConcurrentHub(t *testing.T) {
+	const (
+		goroutines = 8
+		perG       = 200
+		total      = goroutines * perG
+		ns         = "/drivertest"
+	)
+	ch := newChannel()
+	topic := "concurrent-" + edge.NewID()
+	hubA, logA := s.newHub(t, "hub A", ch)
+	hubB, logB := s.newHub(t, "hub B", ch)
+
+	ep := &endpoint{}
+	ep.inbox.init()
+	member, err := hubB.Join(edge.NewID(), ns, ep)
+	if err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	defer member.Leave()
+	if err := member.Subscribe(topic); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+
+	ctx := context.Background()
+	errc := make(chan error, goroutines)
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range perG {
+				msg := edge.Message{Namespace: ns, Topic: topic, Data: edge.Text(fmt.Sprintf("%d/%d", g, i))}
+				if err := hubA.Publish(ctx, msg); err != nil {
+					errc <- fmt.Errorf("goroutine %d, message %d: %w", g, i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Errorf("hub A Publish: %v", err)
+	}
+
+	seen := make(map[string]int)
+	next := 0
+	ep.inbox.waitFor(t, bulkTimeout, fmt.Sprintf("hub B's peer to receive %d messages", total), func(msgs []edge.Message) bool {
+		for _, m := range msgs[next:] {
+			seen[string(m.Data.Bytes)]++
+		}
+		next = len(msgs)
+		return len(seen) >= total
+	})
+	for body, n := range seen {
+		if n != 1 {
+			t.Errorf("message %q was delivered %d times, want once", body, n)
+		}
+	}
+	var missing []string
+	for g := range goroutines {
+		for i := range perG {
+			if body := fmt.Sprintf("%d/%d", g, i); seen[body] == 0 {
+				missing = append(missing, body)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("%d messages were never delivered, among them %q", len(missing), missing[:min(len(missing), 10)])
+	}
+	if t.Failed() {
+		t.Logf("hub A: %+v; hub B: %+v", hubA.Stats(), hubB.Stats())
+		logA.dump(t, "hub A")
+		logB.dump(t, "hub B")
+	}
+}
+
+// endpoint is an edge.Endpoint that records what it is given.
+type endpoint struct{ inbox inbox }
+
+func (e *endpoint) Deliver(d edge.Data) { e.inbox.add(edge.Message{Data: d}) }
+
+func (e *endpoint) Close(code int, reason string) error { return nil }
+
+// errorLog records what a Hub reports to OnError.
+type errorLog struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (l *errorLog) onError(err error, info edge.ErrorInfo) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.errs = append(l.errs, fmt.Sprintf("%s: %v", info.Stage, err))
+}
+
+func (l *errorLog) dump(t *testing.T, name string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.errs {
+		t.Logf("%s reported %s", name, e)
+	}
+}
+
+// newHub starts a Hub on channel, closed when t ends.
+func (s *driverSuite) newHub(t *testing.T, name, channel string) (*edge.Hub, *errorLog) {
+	t.Helper()
+	log := &errorLog{}
+	hub, err := edge.New(edge.Options{Sync: s.newSync(t, channel), OnError: log.onError})
+	if err != nil {
+		t.Fatalf("%s: edge.New: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if err := hub.Close(); err != nil {
+			t.Errorf("%s: Close: %v", name, err)
+		}
+	})
+	return hub, log
+}
+
+// testNoDeliveryAfterClose closes an instance while another publishes to it
+// without pause, and checks that deliver is never called once Close has
+// returned.
+func (s *driverSuite) testNoDeliveryAfterClose(t *testing.T) {
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	b := s.newInstance(t, "B", ch)
+	c := s.newInstance(t, "C", ch)
+
+	const maxStream = 100_000
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), bulkTimeout)
+		defer cancel()
+		for i := 0; i < maxStream; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			msg := edge.Message{Namespace: "/drivertest", Topic: "stream", Data: edge.Text(fmt.Sprintf("stream-%d", i))}
+			if err := a.driver.Publish(ctx, msg); err != nil {
+				done <- fmt.Errorf("Publish %d: %w", i, err)
+				return
+			}
+		}
+		<-stop
+		done <- nil
+	}()
+	stopped := false
+	stopStream := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		close(stop)
+		return <-done
+	}
+	defer stopStream()
+
+	b.inbox.waitFor(t, waitTimeout, "B to receive the stream", func(msgs []edge.Message) bool { return len(msgs) > 0 })
+	if err := b.close(); err != nil {
+		t.Errorf("B: Close: %v", err)
+	}
+	n := len(c.inbox.snapshot())
+	c.inbox.waitFor(t, waitTimeout, "C to receive more of the stream", func(msgs []edge.Message) bool { return len(msgs) >= n+20 })
+	if err := stopStream(); err != nil {
+		t.Fatalf("A: %v", err)
+	}
+	marker := textMessage("/drivertest", "stream", "marker")
+	relay(t, a, marker, c)
+	if n := b.late.Load(); n > 0 {
+		t.Errorf("B's deliver was called %d times after Close returned", n)
+	}
+}
+
+// testCloseReleases checks that closed drivers leave no goroutine behind,
+// that Close twice is harmless, and that Publish after Close is an error.
+func (s *driverSuite) testCloseReleases(t *testing.T) {
+	before := runtime.NumGoroutine()
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	b := s.newInstance(t, "B", ch)
+	relay(t, a, textMessage("/drivertest", "close", "a-to-b"), b)
+	relay(t, b, textMessage("/drivertest", "close", "b-to-a"), a)
+
+	for _, in := range []*instance{a, b} {
+		// The Hub's order: cancel the Subscribe context, then Close.
+		in.cancel()
+		if err := in.close(); err != nil {
+			t.Errorf("%s: Close: %v", in.name, err)
+		}
+	}
+	waitGoroutines(t, before)
+
+	for _, in := range []*instance{a, b} {
+		if err := protect(in.driver.Close); isPanic(err) {
+			t.Errorf("%s: second Close: %v", in.name, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	msg := textMessage("/drivertest", "close", "after-close")
+	err := protect(func() error { return a.driver.Publish(ctx, msg) })
+	switch {
+	case isPanic(err):
+		t.Errorf("Publish after Close: %v", err)
+	case err == nil:
+		t.Errorf("Publish after Close returned nil, want an error")
+	}
+	if bd, ok := a.driver.(edge.BatchDriver); ok {
+		err := protect(func() error { return bd.PublishBatch(ctx, []edge.Message{msg, msg}) })
+		switch {
+		case isPanic(err):
+			t.Errorf("PublishBatch after Close: %v", err)
+		case err == nil:
+			t.Errorf("PublishBatch after Close returned nil, want an error")
+		}
+	}
+}
+
+// panicError is a panic recovered by protect.
+type panicError struct{ value any }
+
+func (p panicError) Error() string { return fmt.Sprintf("panicked: %v", p.value) }
+
+func isPanic(err error) bool {
+	_, ok := err.(panicError)
+	return ok
+}
+
+// protect calls fn, turning a panic into a panicError.
+func protect(fn func() error) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = panicError{v}
+		}
+	}()
+	return fn()
+}
+
+// waitGoroutines waits until no more goroutines run than before, failing t
+// with a dump of every goroutine when they do not end in time.
+func waitGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n := runtime.NumGoroutine()
+		if n <= before {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Errorf("%d goroutines still run %v after Close, %d ran before the drivers were built:\n%s",
+				n, waitTimeout, before, goroutineDump())
+			return
+		}
+	}
+}
+
+func goroutineDump() []byte {
+	buf := make([]byte, 1<<16)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return buf[:n]
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}

@@ -19,8 +19,9 @@ type Endpoint interface {
 	// Deliver queues d for the peer. It must not block and must not call
 	// back into the Hub: it runs inside the publisher's call.
 	Deliver(d Data)
-	// Close closes the peer's connection. It may block until the close
-	// handshake is done.
+	// Close starts closing the peer's connection with a WebSocket close
+	// status. It should not wait for the close handshake: Hub.Close calls
+	// it for every peer in turn.
 	Close(code int, reason string) error
 }
 

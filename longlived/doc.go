@@ -1,0 +1,60 @@
+// Package longlived hosts WebSocket peers in the memory of a long-lived
+// server process: a Handler is an http.Handler that accepts WebSocket
+// connections (github.com/coder/websocket), joins each one to an edge.Hub and
+// runs the application's edge.Hooks for it.
+//
+// # Connection lifecycle
+//
+// ServeHTTP calls Hooks.Upgrade first. An error refuses the connection: a
+// *edge.Reject becomes the HTTP response, any other error is answered 403
+// Forbidden. Then the handshake is accepted, with coder/websocket's origin
+// check (same origin only, unless Handler.OriginPatterns allows more), and
+// the peer joins the Hub in its namespace: Accept.Namespace, or by default the
+// request's URL path. Hooks.Open runs once it has joined, Hooks.Message for
+// every message it sends, in order, and Hooks.Close exactly once when the
+// connection has ended, after every other hook call for the peer. ServeHTTP
+// returns only when the connection has ended and every goroutine it started
+// has returned.
+//
+// Open, Message and Close run on the connection's read goroutine: while a
+// hook runs, the peer's next message and its pongs wait, so a hook that blocks
+// for longer than PingTimeout gets its peer closed as unresponsive. Error may
+// run on any goroutine, concurrently with Message.
+//
+// # Writing
+//
+// Each peer has a write queue capped in bytes (WriteQueueBytes) and at most
+// one writer goroutine, started when there is something to write. Deliveries
+// from the Hub and Peer.Send only append to the queue: they never block. A peer
+// whose queue would grow past the cap is a slow consumer: its queue is
+// dropped, it is reported to Hooks.Error with ErrSlowConsumer and closed with
+// StatusSlowConsumer, and the peers that keep up never notice. The close
+// frame follows the write in progress; if that write cannot finish within
+// WriteTimeout, the peer is dropped without one, and Hooks.Close still
+// receives StatusSlowConsumer.
+//
+// Peer.Send goes through the same queue: it returns ErrSlowConsumer when it
+// overflows the queue, ErrPeerClosed once the peer is closing, and an error
+// for text that is not valid UTF-8.
+//
+// # Closing
+//
+// Peer.Close returns at once: the writer sends what is already queued, then
+// the close frame, and waits (up to the five seconds coder/websocket allows)
+// for the client's answer. Statuses the handler chooses itself:
+//
+//   - 1001 Going Away: Handler.Close, or the Hub was closed.
+//   - 1007 Invalid Frame Payload Data: a text message that is not UTF-8.
+//   - 1009 Message Too Big: a message longer than ReadLimit.
+//   - 1011 Internal Error: a hook panicked.
+//   - StatusSlowConsumer (4008): the write queue overflowed.
+//
+// A peer that does not answer a ping within PingTimeout, or whose write fails,
+// is dropped without a close frame: it is reported to Hooks.Error and
+// Hooks.Close receives 1006 (abnormal closure).
+//
+// A panic in a hook is recovered, reported to Hooks.Error as an
+// *edge.PanicError and closes only that peer, with 1011. A panic in
+// Hooks.Upgrade is answered 500 and logged with log/slog, since there is no
+// peer yet; a panic in Hooks.Error is logged with log/slog.
+package longlived

@@ -1,0 +1,351 @@
+package longlived
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/edgesync/edgesync/edge"
+)
+
+// Defaults that New sets on a Handler.
+const (
+	DefaultReadLimit       = 64 << 10 // bytes in one message a peer sends
+	DefaultWriteQueueBytes = 1 << 20  // bytes waiting to be written to one peer
+	DefaultPingInterval    = 30 * time.Second
+	DefaultPingTimeout     = 10 * time.Second
+	DefaultWriteTimeout    = 10 * time.Second
+)
+
+// StatusSlowConsumer is the WebSocket close status sent to a peer whose write
+// queue overflowed because it did not read fast enough. It lies in the range
+// RFC 6455 leaves to applications (4000–4999) and mirrors 1008 Policy
+// Violation: the client may reconnect, and should read faster or ask for less.
+const StatusSlowConsumer = 4008
+
+var (
+	// ErrSlowConsumer is reported to Hooks.Error, and returned by
+	// Peer.Send, when a peer's write queue would exceed WriteQueueBytes.
+	// The peer is then closed with StatusSlowConsumer.
+	ErrSlowConsumer = errors.New("longlived: write queue full, slow consumer closed")
+
+	// ErrPingTimeout is reported to Hooks.Error, wrapped with the ping's
+	// own error, when a peer does not answer a ping within PingTimeout.
+	ErrPingTimeout = errors.New("longlived: no pong within the ping timeout")
+
+	// ErrPeerClosed is returned by Peer.Send once the peer is closing or
+	// closed.
+	ErrPeerClosed = errors.New("longlived: peer closed")
+)
+
+// Handler hosts WebSocket peers in memory, joined to a Hub. Create it with
+// New; set its fields before it serves its first request. A Handler is safe
+// for concurrent use.
+type Handler struct {
+	// Hub indexes the peers' subscriptions and delivers what they publish.
+	Hub *edge.Hub
+	// Hooks are the application.
+	Hooks edge.Hooks
+
+	// OriginPatterns lists the hosts whose pages may connect besides the
+	// request's own host (same origin), as websocket.AcceptOptions
+	// describes them, for example "app.example.com" or "*.example.com".
+	OriginPatterns []string
+	// ReadLimit is the largest message, in bytes, a peer may send: a
+	// longer one closes it with 1009 Message Too Big. 0 means
+	// DefaultReadLimit and a negative value means no limit.
+	ReadLimit int64
+	// WriteQueueBytes caps the bytes queued for one peer (payloads plus a
+	// few bytes of bookkeeping each). 0 means DefaultWriteQueueBytes.
+	WriteQueueBytes int
+	// PingInterval is how often a peer is pinged. 0 disables pings.
+	PingInterval time.Duration
+	// PingTimeout is how long a ping waits for its pong. 0 means
+	// DefaultPingTimeout.
+	PingTimeout time.Duration
+	// WriteTimeout bounds the write of one message. A peer whose write
+	// times out is dropped. 0 means DefaultWriteTimeout.
+	WriteTimeout time.Duration
+
+	mu      sync.Mutex
+	peers   map[*peer]struct{}
+	active  int           // ServeHTTP calls admitted and not yet returned
+	closing bool          // Close has begun
+	idle    chan struct{} // closed once closing and active is 0
+}
+
+// New returns a Handler for hub and hooks, with every limit set to its
+// default.
+func New(hub *edge.Hub, hooks edge.Hooks) *Handler {
+	return &Handler{
+		Hub:             hub,
+		Hooks:           hooks,
+		ReadLimit:       DefaultReadLimit,
+		WriteQueueBytes: DefaultWriteQueueBytes,
+		PingInterval:    DefaultPingInterval,
+		PingTimeout:     DefaultPingTimeout,
+		WriteTimeout:    DefaultWriteTimeout,
+	}
+}
+
+func (h *Handler) readLimit() int64 {
+	switch {
+	case h.ReadLimit == 0:
+		return DefaultReadLimit
+	case h.ReadLimit < 0:
+		return -1
+	}
+	return h.ReadLimit
+}
+
+func (h *Handler) writeQueueBytes() int {
+	if h.WriteQueueBytes <= 0 {
+		return DefaultWriteQueueBytes
+	}
+	return h.WriteQueueBytes
+}
+
+func (h *Handler) pingTimeout() time.Duration {
+	if h.PingTimeout <= 0 {
+		return DefaultPingTimeout
+	}
+	return h.PingTimeout
+}
+
+func (h *Handler) writeTimeout() time.Duration {
+	if h.WriteTimeout <= 0 {
+		return DefaultWriteTimeout
+	}
+	return h.WriteTimeout
+}
+
+// ServeHTTP upgrades the request to a WebSocket connection and serves the
+// peer until the connection ends. Once Close has begun it answers 503
+// Service Unavailable.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.Hub == nil {
+		http.Error(w, "longlived: Handler has no Hub", http.StatusInternalServerError)
+		return
+	}
+	if !h.enter() {
+		http.Error(w, "server closing", http.StatusServiceUnavailable)
+		return
+	}
+	defer h.leave()
+
+	accept, err := h.upgrade(r)
+	if err != nil {
+		refuse(w, err)
+		return
+	}
+	namespace := accept.Namespace
+	if namespace == "" {
+		namespace = r.URL.Path
+	}
+	if namespace == "" {
+		namespace = "/"
+	}
+	var subprotocols []string
+	for key, values := range accept.Header {
+		if strings.EqualFold(key, "Sec-WebSocket-Protocol") {
+			subprotocols = headerTokens(values)
+			continue
+		}
+		for _, v := range values {
+			w.Header().Add(key, v)
+		}
+	}
+
+	rec := &hijackRecorder{ResponseWriter: w}
+	conn, err := websocket.Accept(rec, r, &websocket.AcceptOptions{
+		Subprotocols:   subprotocols,
+		OriginPatterns: h.OriginPatterns,
+	})
+	if err != nil {
+		return // Accept has answered the request
+	}
+	conn.SetReadLimit(h.readLimit())
+
+	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn}
+	if len(accept.Attrs) > 0 {
+		p.attrs = maps.Clone(accept.Attrs)
+	}
+	member, err := h.Hub.Join(p.id, namespace, p)
+	if err != nil {
+		// The Hub was closed under the Handler: the server is going away.
+		_ = conn.Close(websocket.StatusGoingAway, "going away")
+		return
+	}
+	p.member = member
+	h.track(p)
+	p.serve()
+}
+
+// upgrade runs Hooks.Upgrade, turning a panic into an error.
+func (h *Handler) upgrade(r *http.Request) (accept edge.Accept, err error) {
+	if h.Hooks.Upgrade == nil {
+		return edge.Accept{}, nil
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			pe := &edge.PanicError{Value: v, Stack: debug.Stack()}
+			slog.Error("longlived: Hooks.Upgrade panicked", "panic", v, "stack", string(pe.Stack))
+			err = &edge.Reject{Status: http.StatusInternalServerError}
+		}
+	}()
+	return h.Hooks.Upgrade(r)
+}
+
+// refuse answers a refused upgrade: a *edge.Reject with its own response,
+// any other error with 403 Forbidden.
+func refuse(w http.ResponseWriter, err error) {
+	status, text := http.StatusForbidden, http.StatusText(http.StatusForbidden)
+	var rej *edge.Reject
+	if errors.As(err, &rej) {
+		status, text = rej.StatusCode(), rej.Text()
+		for key, values := range rej.Header {
+			for _, v := range values {
+				w.Header().Add(key, v)
+			}
+		}
+	}
+	if w.Header().Get("Content-Type") == "" {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	}
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, text)
+}
+
+// headerTokens splits comma-separated header values into trimmed tokens.
+func headerTokens(values []string) []string {
+	var tokens []string
+	for _, v := range values {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				tokens = append(tokens, t)
+			}
+		}
+	}
+	return tokens
+}
+
+// enter admits a ServeHTTP call unless Close has begun.
+func (h *Handler) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.active++
+	return true
+}
+
+// track records a connected peer, closing it at once if Close has begun
+// since the peer was admitted.
+func (h *Handler) track(p *peer) {
+	h.mu.Lock()
+	if h.peers == nil {
+		h.peers = make(map[*peer]struct{})
+	}
+	h.peers[p] = struct{}{}
+	closing := h.closing
+	h.mu.Unlock()
+	if closing {
+		_ = p.Close(statusGoingAway, "going away")
+	}
+}
+
+// leave ends a ServeHTTP call admitted by enter.
+func (h *Handler) leave() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.active--
+	if h.closing && h.active == 0 {
+		close(h.idle)
+	}
+}
+
+func (h *Handler) untrack(p *peer) {
+	h.mu.Lock()
+	delete(h.peers, p)
+	h.mu.Unlock()
+}
+
+func (h *Handler) snapshot() []*peer {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Collect(maps.Keys(h.peers))
+}
+
+// Close sends every peer 1001 Going Away and waits until their connections
+// have ended or ctx is done, when it drops the connections that remain
+// without waiting any longer. Then it closes the Hub. Upgrades that arrive
+// once Close has begun are answered 503 Service Unavailable.
+//
+// Close returns ctx's error if it had to drop connections, and the Hub's
+// close error. Calling Close again waits again.
+func (h *Handler) Close(ctx context.Context) error {
+	h.mu.Lock()
+	if !h.closing {
+		h.closing = true
+		h.idle = make(chan struct{})
+		if h.active == 0 {
+			close(h.idle)
+		}
+	}
+	idle := h.idle
+	h.mu.Unlock()
+
+	for _, p := range h.snapshot() {
+		_ = p.Close(statusGoingAway, "going away")
+	}
+	var err error
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		for _, p := range h.snapshot() {
+			p.drop()
+		}
+		err = fmt.Errorf("longlived: close: peers still connected: %w", ctx.Err())
+	}
+	if h.Hub != nil {
+		if herr := h.Hub.Close(); herr != nil {
+			err = errors.Join(err, fmt.Errorf("longlived: close hub: %w", herr))
+		}
+	}
+	return err
+}
+
+// hijackRecorder keeps the network connection that websocket.Accept
+// hijacks, so that a peer can be dropped at once whatever the state of its
+// WebSocket close handshake.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+// Hijack implements http.Hijacker.
+func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w.conn = conn
+	return conn, brw, nil
+}
+
+// Unwrap returns the ResponseWriter it wraps, for http.ResponseController.
+func (w *hijackRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

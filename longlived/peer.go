@@ -1,0 +1,448 @@
+package longlived
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+	"github.com/edgesync/edgesync/edge"
+)
+
+// queueOverhead is what one queued message costs besides its payload, in the
+// accounting of WriteQueueBytes: its slot in the queue.
+const queueOverhead = 32
+
+// Close statuses the handler sends, besides StatusSlowConsumer.
+const (
+	statusGoingAway      = int(websocket.StatusGoingAway)
+	statusInvalidPayload = int(websocket.StatusInvalidFramePayloadData)
+	statusTooBig         = int(websocket.StatusMessageTooBig)
+	statusInternalError  = int(websocket.StatusInternalError)
+	statusAbnormal       = int(websocket.StatusAbnormalClosure)
+)
+
+// errStopped ends the read loop when the handler itself has decided to close
+// the peer, with a close handshake still to make.
+var errStopped = errors.New("longlived: read loop stopped")
+
+// peer is one WebSocket connection held in memory: an edge.Peer for the
+// hooks and an edge.Endpoint for the Hub.
+type peer struct {
+	h         *Handler
+	id        string
+	namespace string
+	attrs     map[string]string
+	member    *edge.Member
+	conn      *websocket.Conn
+	raw       net.Conn // the hijacked connection, closed to drop the peer
+
+	wg sync.WaitGroup // the writer, pinger and reporter goroutines
+
+	mu        sync.Mutex
+	queue     []edge.Data
+	queued    int         // bytes of the queue and of the message being written
+	writing   bool        // a writer goroutine runs, or has made the close handshake
+	closing   bool        // nothing more is queued
+	aborted   bool        // the connection was dropped without a close frame
+	ended     bool        // the read loop has finished: no goroutine starts any more
+	code      int         // the close status the server chose, 0 if none
+	reason    string      // its reason
+	heartbeat *time.Timer // nil when pings are disabled
+}
+
+// ID implements edge.Peer.
+func (p *peer) ID() string { return p.id }
+
+// Namespace implements edge.Peer.
+func (p *peer) Namespace() string { return p.namespace }
+
+// Attr implements edge.Peer.
+func (p *peer) Attr(key string) string { return p.attrs[key] }
+
+// Send implements edge.Peer. It queues d and returns: ErrPeerClosed once the
+// peer is closing, ErrSlowConsumer if the queue overflowed, which closes the
+// peer.
+func (p *peer) Send(ctx context.Context, d edge.Data) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !d.Binary && !utf8.Valid(d.Bytes) {
+		return errors.New("longlived: send: text data is not valid UTF-8")
+	}
+	return p.enqueue(d)
+}
+
+// Publish implements edge.Peer.
+func (p *peer) Publish(ctx context.Context, topic string, d edge.Data) error {
+	return p.member.Publish(ctx, topic, d)
+}
+
+// Subscribe implements edge.Peer.
+func (p *peer) Subscribe(ctx context.Context, topic string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return p.member.Subscribe(topic)
+}
+
+// Unsubscribe implements edge.Peer.
+func (p *peer) Unsubscribe(ctx context.Context, topic string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return p.member.Unsubscribe(topic)
+}
+
+// Topics implements edge.Peer.
+func (p *peer) Topics(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return p.member.Topics(), nil
+}
+
+// Close implements edge.Peer and edge.Endpoint. It returns at once: the
+// writer sends what is queued, then the close frame. Closing a closing peer
+// does nothing.
+func (p *peer) Close(code int, reason string) error {
+	if !validCloseStatus(code) {
+		return fmt.Errorf("longlived: close status %d cannot be sent", code)
+	}
+	if len(reason) > 123 {
+		return fmt.Errorf("longlived: close reason is %d bytes long, more than 123", len(reason))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closeLocked(code, reason, false)
+	return nil
+}
+
+// validCloseStatus reports whether code may be sent in a close frame.
+func validCloseStatus(code int) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}
+
+// Deliver implements edge.Endpoint: it queues d without blocking. A closing
+// peer drops it.
+func (p *peer) Deliver(d edge.Data) { _ = p.enqueue(d) }
+
+func (p *peer) enqueue(d edge.Data) error {
+	size := len(d.Bytes) + queueOverhead
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return ErrPeerClosed
+	}
+	if p.queued+size > p.h.writeQueueBytes() {
+		p.closeLocked(StatusSlowConsumer, "slow consumer", true)
+		// Report from a goroutine of its own: the caller may be the Hub
+		// fanning out, which the hook must not re-enter, and the writer
+		// may be stuck on the socket for up to WriteTimeout.
+		p.goLocked(func() { p.report(ErrSlowConsumer) })
+		return ErrSlowConsumer
+	}
+	p.queue = append(p.queue, d)
+	p.queued += size
+	p.startWriterLocked()
+	return nil
+}
+
+// closeLocked marks the peer closing with code and has the writer send the
+// close frame, after the queue unless drop. The first close wins.
+func (p *peer) closeLocked(code int, reason string, drop bool) {
+	if p.closing {
+		return
+	}
+	p.closing = true
+	p.code, p.reason = code, reason
+	if drop {
+		p.dropQueueLocked()
+	}
+	p.startWriterLocked()
+}
+
+func (p *peer) dropQueueLocked() {
+	clear(p.queue)
+	p.queue = nil
+}
+
+func (p *peer) startWriterLocked() {
+	if !p.writing && !p.ended {
+		p.writing = true
+		p.goLocked(p.writeLoop)
+	}
+}
+
+// goLocked runs fn on a goroutine that the read goroutine waits for before
+// it reports the close. p.mu is held and the read loop has not ended, so the
+// WaitGroup's Add happens before its Wait.
+func (p *peer) goLocked(fn func()) {
+	if p.ended {
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		fn()
+	}()
+}
+
+// writeLoop writes the queue, one message at a time, until it is empty;
+// then, if the peer is closing, it makes the close handshake.
+func (p *peer) writeLoop() {
+	for {
+		p.mu.Lock()
+		if len(p.queue) == 0 {
+			if p.closing && p.code != 0 && !p.aborted {
+				code, reason := p.code, p.reason
+				p.mu.Unlock()
+				// Close is made once: writing stays true, so no
+				// writer starts again.
+				_ = p.conn.Close(websocket.StatusCode(code), reason)
+				return
+			}
+			p.writing = false
+			p.mu.Unlock()
+			return
+		}
+		d := p.queue[0]
+		p.queue[0] = edge.Data{}
+		p.queue = p.queue[1:]
+		if len(p.queue) == 0 {
+			p.queue = nil
+		}
+		p.mu.Unlock()
+
+		err := p.write(d)
+
+		p.mu.Lock()
+		p.queued -= len(d.Bytes) + queueOverhead
+		if err == nil {
+			p.mu.Unlock()
+			continue
+		}
+		if errors.Is(err, net.ErrClosed) || p.ended {
+			// The connection has ended; the read loop reports why.
+			p.closing = true
+			p.dropQueueLocked()
+			p.mu.Unlock()
+			return
+		}
+		known := p.closing // a slow consumer, or a close already under way
+		p.mu.Unlock()
+		if known {
+			err = nil
+		}
+		p.abort("write failed", err)
+		return
+	}
+}
+
+func (p *peer) write(d edge.Data) error {
+	typ := websocket.MessageText
+	if d.Binary {
+		typ = websocket.MessageBinary
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.h.writeTimeout())
+	defer cancel()
+	if err := p.conn.Write(ctx, typ, d.Bytes); err != nil {
+		return fmt.Errorf("longlived: write: %w", err)
+	}
+	return nil
+}
+
+// abort drops the connection without a close frame, reporting cause unless
+// it is nil. The close status already chosen, if any, is kept.
+func (p *peer) abort(reason string, cause error) {
+	p.mu.Lock()
+	if !p.closing {
+		p.code, p.reason = statusAbnormal, reason
+	}
+	p.closing, p.aborted = true, true
+	p.dropQueueLocked()
+	ended := p.ended
+	p.mu.Unlock()
+	if cause != nil && !ended {
+		p.report(cause)
+	}
+	_ = p.raw.Close()
+}
+
+// drop drops the connection at once, keeping the close status already chosen.
+func (p *peer) drop() { p.abort("going away", nil) }
+
+// startHeartbeat arms the ping timer when pings are enabled.
+func (p *peer) startHeartbeat() {
+	interval := p.h.PingInterval
+	if interval <= 0 {
+		return
+	}
+	p.mu.Lock()
+	p.heartbeat = time.AfterFunc(interval, p.ping)
+	p.mu.Unlock()
+}
+
+// ping runs on the timer's goroutine: it pings the peer and drops it if no
+// pong comes back within PingTimeout.
+func (p *peer) ping() {
+	p.mu.Lock()
+	if p.closing || p.ended {
+		p.mu.Unlock()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	defer p.wg.Done()
+
+	ctx, cancel := context.WithTimeout(context.Background(), p.h.pingTimeout())
+	err := p.conn.Ping(ctx)
+	cancel()
+	switch {
+	case errors.Is(err, net.ErrClosed):
+		return // the read loop sees why
+	case err != nil:
+		p.abort("ping timeout", fmt.Errorf("%w: %w", ErrPingTimeout, err))
+		return
+	}
+	p.mu.Lock()
+	if !p.closing && !p.ended {
+		p.heartbeat.Reset(p.h.PingInterval)
+	}
+	p.mu.Unlock()
+}
+
+// serve runs the connection on the ServeHTTP goroutine until it ends, then
+// leaves the Hub and calls Hooks.Close.
+func (p *peer) serve() {
+	defer p.h.untrack(p)
+	p.startHeartbeat()
+	err := errStopped
+	if p.guard(p.open) {
+		err = p.readLoop()
+	}
+	p.member.Leave()
+	code, reason := p.finish(err)
+	p.guard(func() {
+		if p.h.Hooks.Close != nil {
+			p.h.Hooks.Close(p, code, reason)
+		}
+	})
+}
+
+func (p *peer) open() {
+	if p.h.Hooks.Open != nil {
+		p.h.Hooks.Open(p)
+	}
+}
+
+// readLoop reads messages and hands them to Hooks.Message until the
+// connection fails or the handler decides to close it (errStopped).
+// Messages that arrive once the peer is closing are discarded.
+func (p *peer) readLoop() error {
+	ctx := context.Background()
+	for {
+		typ, b, err := p.conn.Read(ctx)
+		if err != nil {
+			return err
+		}
+		if p.isClosing() {
+			continue
+		}
+		d := edge.Data{Bytes: b, Binary: typ == websocket.MessageBinary}
+		if !d.Binary && !utf8.Valid(b) {
+			_ = p.Close(statusInvalidPayload, "text message is not valid UTF-8")
+			return errStopped
+		}
+		if p.h.Hooks.Message == nil {
+			continue
+		}
+		if !p.guard(func() { p.h.Hooks.Message(p, d) }) {
+			return errStopped
+		}
+	}
+}
+
+func (p *peer) isClosing() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closing
+}
+
+// finish ends the connection after the read loop returned err, waits for
+// the peer's goroutines and returns the close status and reason to report.
+func (p *peer) finish(err error) (code int, reason string) {
+	handshake := errors.Is(err, errStopped)
+	if errors.Is(err, websocket.ErrMessageTooBig) {
+		// coder/websocket has sent the close frame; make the handshake.
+		_ = p.Close(statusTooBig, "message too big")
+		handshake = true
+	}
+
+	p.mu.Lock()
+	p.closing = true
+	p.dropQueueLocked()
+	p.ended = true
+	code, reason = p.code, p.reason
+	p.mu.Unlock()
+
+	if !handshake {
+		// The client closed, or the connection failed: nothing more can
+		// be said. Closing the socket unblocks a writer and a pinger.
+		_ = p.raw.Close()
+	}
+	if p.heartbeat != nil {
+		p.heartbeat.Stop()
+	}
+	p.wg.Wait()
+	_ = p.conn.CloseNow() // releases coder/websocket's buffers
+
+	if code != 0 {
+		return code, reason
+	}
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		return int(ce.Code), ce.Reason
+	}
+	return statusAbnormal, ""
+}
+
+// guard runs a hook, recovering its panic: the panic is reported to
+// Hooks.Error and closes the peer with 1011. It reports whether fn returned.
+func (p *peer) guard(fn func()) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			p.report(&edge.PanicError{Value: v, Stack: debug.Stack()})
+			_ = p.Close(statusInternalError, "internal error")
+			ok = false
+		}
+	}()
+	fn()
+	return true
+}
+
+// report hands err to Hooks.Error, or logs it if there is none or it panics.
+func (p *peer) report(err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			slog.Error("longlived: Hooks.Error panicked", "panic", v, "peer", p.id, "err", err)
+		}
+	}()
+	if p.h.Hooks.Error == nil {
+		slog.Error("longlived: peer error", "peer", p.id, "namespace", p.namespace, "err", err)
+		return
+	}
+	p.h.Hooks.Error(p, err)
+}

@@ -6,23 +6,40 @@
 //
 // Then open http://localhost:8080 in two browser windows. The page sends
 // messages as JSON text, {"user": "…", "text": "…"}.
+//
+// Alone, the server delivers to its own clients. With a backplane, several
+// servers form one chat:
+//
+//	go run ./examples/chat -addr :8080 -redis redis://127.0.0.1:6379/0
+//	go run ./examples/chat -addr :8081 -redis redis://127.0.0.1:6379/0
+//
+// -redis URL, -postgres URL and -cluster SOCKET choose the backplane (one
+// at most), -channel NAME the channel the servers share. Each flag defaults
+// to an environment variable: EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL,
+// EDGESYNC_CLUSTER_SOCKET and EDGESYNC_CHANNEL.
 package main
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/edgesync/edgesync/drivers/clustersync"
+	"github.com/edgesync/edgesync/drivers/pgsync"
+	"github.com/edgesync/edgesync/drivers/redissync"
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/longlived"
+	"github.com/redis/go-redis/v9"
 )
 
 // topic is the one topic of the chat room.
@@ -34,35 +51,77 @@ const shutdownTimeout = 10 * time.Second
 //go:embed index.html
 var page []byte
 
+// config is what the command line and the environment choose.
+type config struct {
+	addr     string
+	redis    string // Redis URL
+	postgres string // Postgres connection string
+	cluster  string // Unix socket path
+	channel  string
+}
+
 func main() {
-	addr := flag.String("addr", ":8080", "address to listen on")
-	flag.Parse()
-	if err := run(*addr); err != nil {
+	cfg, err := parseConfig(os.Args[1:], os.Getenv)
+	if err == nil {
+		err = run(cfg)
+	}
+	if err != nil {
 		slog.Error("chat", "err", err)
 		os.Exit(1)
 	}
 }
 
-// run serves the chat on addr until SIGINT or SIGTERM, then shuts down:
-// the listener first, then every peer (1001 Going Away) and the hub.
-func run(addr string) error {
+// parseConfig reads the flags, defaulting each to its environment variable.
+func parseConfig(args []string, getenv func(string) string) (config, error) {
+	var cfg config
+	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
+	fs.StringVar(&cfg.addr, "addr", ":8080", "address to listen on")
+	fs.StringVar(&cfg.redis, "redis", getenv("EDGESYNC_REDIS_URL"), "relay over Redis at this URL")
+	fs.StringVar(&cfg.postgres, "postgres", getenv("EDGESYNC_POSTGRES_URL"), "relay over Postgres at this URL")
+	fs.StringVar(&cfg.cluster, "cluster", getenv("EDGESYNC_CLUSTER_SOCKET"), "relay between processes on this host over this Unix socket")
+	fs.StringVar(&cfg.channel, "channel", cmp.Or(getenv("EDGESYNC_CHANNEL"), "edgesync-chat"), "channel the servers of one chat share")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	chosen := 0
+	for _, v := range []string{cfg.redis, cfg.postgres, cfg.cluster} {
+		if v != "" {
+			chosen++
+		}
+	}
+	if chosen > 1 {
+		return config{}, errors.New("choose one backplane: -redis, -postgres or -cluster")
+	}
+	return cfg, nil
+}
+
+// run serves the chat until SIGINT or SIGTERM, then shuts down: the
+// listener first, then every peer (1001 Going Away), the hub and the
+// backplane's client.
+func run(cfg config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	backplane, err := newSync()
+	backplane, release, err := newSync(cfg)
 	if err != nil {
 		return err
 	}
+	defer release()
 	hub, err := edge.New(edge.Options{Sync: backplane})
 	if err != nil {
 		return fmt.Errorf("start hub: %w", err)
 	}
 	ws := longlived.New(hub, chatHooks())
-	srv := &http.Server{Addr: addr, Handler: newServer(ws), ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		hub.Close()
+		return err
+	}
+	srv := &http.Server{Handler: newServer(ws), ReadHeaderTimeout: 10 * time.Second}
 
 	served := make(chan error, 1)
-	go func() { served <- srv.ListenAndServe() }()
-	slog.Info("chat listening", "addr", addr)
+	go func() { served <- srv.Serve(ln) }()
+	slog.Info("chat listening", "addr", ln.Addr().String(), "backplane", backplaneName(cfg), "channel", cfg.channel)
 
 	select {
 	case err = <-served: // the listener failed
@@ -85,10 +144,35 @@ func run(addr string) error {
 }
 
 // newSync returns the Sync that relays messages between the instances of
-// the chat server. nil keeps this instance alone: it delivers to its own
-// clients only.
-func newSync() (edge.Sync, error) {
-	return nil, nil
+// the chat server, and a function that releases what it opened. A nil Sync
+// keeps this instance alone: it delivers to its own clients only.
+func newSync(cfg config) (edge.Sync, func(), error) {
+	switch {
+	case cfg.redis != "":
+		opts, err := redis.ParseURL(cfg.redis)
+		if err != nil {
+			return nil, nil, fmt.Errorf("-redis: %w", err)
+		}
+		client := redis.NewClient(opts)
+		return redissync.New(redissync.Options{Client: client, Channel: cfg.channel}), func() { client.Close() }, nil
+	case cfg.postgres != "":
+		return pgsync.New(pgsync.Options{ConnString: cfg.postgres, Channel: cfg.channel}), func() {}, nil
+	case cfg.cluster != "":
+		return clustersync.New(clustersync.Options{Socket: cfg.cluster, Channel: cfg.channel}), func() {}, nil
+	}
+	return nil, func() {}, nil
+}
+
+func backplaneName(cfg config) string {
+	switch {
+	case cfg.redis != "":
+		return "redis"
+	case cfg.postgres != "":
+		return "postgres"
+	case cfg.cluster != "":
+		return "cluster"
+	}
+	return "none (in memory, this process only)"
 }
 
 // chatHooks subscribes every peer to the chat topic and publishes what it

@@ -21,10 +21,11 @@ const wait = 10 * time.Second
 // Open hook, which subscribes it, has run.
 func startChat(t *testing.T) (url string, opened <-chan edge.Peer) {
 	t.Helper()
-	backplane, err := newSync()
+	backplane, release, err := newSync(config{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(release)
 	hub, err := edge.New(edge.Options{Sync: backplane})
 	if err != nil {
 		t.Fatal(err)
@@ -133,5 +134,27 @@ func TestPage(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("GET /missing answered %d, want 404", resp.StatusCode)
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	env := map[string]string{"EDGESYNC_REDIS_URL": "redis://127.0.0.1:6379/0", "EDGESYNC_CHANNEL": "room"}
+	cfg, err := parseConfig([]string{"-addr", ":9000"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.addr != ":9000" || cfg.redis != env["EDGESYNC_REDIS_URL"] || cfg.channel != "room" {
+		t.Fatalf("config from the environment: %+v", cfg)
+	}
+	cfg, err = parseConfig([]string{"-redis", "", "-cluster", "/tmp/chat.sock", "-channel", "c"}, func(k string) string { return env[k] })
+	if err != nil || cfg.redis != "" || cfg.cluster != "/tmp/chat.sock" || cfg.channel != "c" {
+		t.Fatalf("flags override the environment: %+v, %v", cfg, err)
+	}
+	if _, err := parseConfig([]string{"-postgres", "postgres://x", "-cluster", "s"}, func(string) string { return "" }); err == nil {
+		t.Fatal("two backplanes accepted")
+	}
+	cfg, _ = parseConfig(nil, func(string) string { return "" })
+	if cfg.channel != "edgesync-chat" || cfg.addr != ":8080" {
+		t.Fatalf("defaults: %+v", cfg)
 	}
 }

@@ -1,0 +1,148 @@
+package tests
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/edgesync/edgesync/internal/testenv"
+)
+
+// These tests run the chat example as separate OS processes, three to a
+// cluster, with real WebSocket clients on each.
+
+func TestChatProcessesRedis(t *testing.T) {
+	url := testenv.RedisURL(t)
+	testChatProcesses(t, "-redis", url, "-channel", testenv.Channel(t))
+}
+
+func TestChatProcessesPostgres(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	testChatProcesses(t, "-postgres", url, "-channel", testenv.Channel(t))
+}
+
+func TestChatProcessesCluster(t *testing.T) {
+	dir, err := os.MkdirTemp("", "chat") // Unix socket paths are short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	testChatProcesses(t, "-cluster", filepath.Join(dir, "chat.sock"))
+}
+
+func testChatProcesses(t *testing.T, args ...string) {
+	t.Parallel()
+	bin := chatBinary(t)
+	var clients []*client
+	for range 3 {
+		addr := startChat(t, bin, args...)
+		clients = append(clients, dial(t, "ws://"+addr+"/_ws"), dial(t, "ws://"+addr+"/_ws"))
+	}
+	for round, prefix := range []string{"hello", "end"} {
+		for i, c := range clients {
+			c.send(t, websocket.MessageText, fmt.Sprintf("%s from %d", prefix, i))
+		}
+		for i, c := range clients {
+			want := make(map[string]bool)
+			for j := range clients {
+				if j != i {
+					want[fmt.Sprintf("%s from %d", prefix, j)] = true
+				}
+			}
+			for len(want) > 0 {
+				f := c.next(t)
+				if !want[f.data] {
+					t.Fatalf("round %d, client %d: unexpected %q (own, duplicate or early)", round, i, f.data)
+				}
+				delete(want, f.data)
+			}
+		}
+	}
+}
+
+// chatBinary builds examples/chat once for the whole test binary.
+func chatBinary(t *testing.T) string {
+	t.Helper()
+	path, err := buildChat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var buildChat = sync.OnceValues(func() (string, error) {
+	path := filepath.Join(binDir, "chat")
+	out, err := exec.Command("go", "build", "-o", path, "github.com/edgesync/edgesync/examples/chat").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build chat: %v\n%s", err, out)
+	}
+	return path, nil
+})
+
+// binDir holds the programs the tests build.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "edgesync-tests")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var listening = regexp.MustCompile(`chat listening addr=(\S+)`)
+
+// startChat starts one chat process on a free port and returns its address
+// once it listens. The process is stopped with SIGTERM at cleanup, and must
+// exit cleanly.
+func startChat(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, args...)...)
+	cmd.Env = append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL=")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			t.Logf("chat %d: %s", cmd.Process.Pid, sc.Text())
+			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := <-exited; err != nil {
+			t.Errorf("chat exited: %v", err)
+		}
+	})
+	select {
+	case a := <-addr:
+		return a
+	case err := <-exited:
+		t.Fatalf("chat exited before listening: %v", err)
+	case <-time.After(wait):
+		t.Fatal("chat did not listen")
+	}
+	return ""
+}

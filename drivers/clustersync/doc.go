@@ -1,0 +1,60 @@
+// Package clustersync relays messages between the edgesync instances that run
+// as processes on one host, with no broker: the processes share a Unix socket
+// and one of them relays for all the others. It is the counterpart of the
+// crossws "cluster" driver for Node.
+//
+// # Election
+//
+// Every process is given the same Options.Socket. The relay role belongs to
+// whoever holds an exclusive flock(2) on the lock file next to the socket
+// (Socket + ".lock"). A driver first tries to take that lock without waiting:
+// when it gets it, it removes the stale socket file left by an earlier relay,
+// if any, listens on the socket and relays; either way it then connects to the
+// socket as a client, so the relay's own process sends and receives like any
+// other. Any process can start first, and only one ever holds the lock: the
+// election is the kernel's, so there is no race to lose.
+//
+// # Failover
+//
+// The kernel releases the lock when the relay's process exits, even when it is
+// killed with SIGKILL. The other processes then lose their connection, report
+// the outage at edge.StageSubscribe, and try again, first to take the lock,
+// then to connect, every 10 ms doubling to 200 ms: the first to take the lock
+// becomes the new relay and the others connect to it. Messages published
+// while a process has no relay are not queued: Publish fails, as at-most-once
+// delivery allows. A relay that is closed (Close, Relay.Serve returning)
+// removes its socket and releases the lock, and the next election happens at
+// once. The lock file itself is left in place: removing it would let two
+// processes lock two different files.
+//
+// A supervisor may run the relay itself with a Relay. Drivers then connect to
+// it, but they still take the relay role over if it goes away, unless
+// Options.NoRelay is set.
+//
+// # Wire format
+//
+// The relay speaks a small stream protocol. On accepting a connection it
+// sends a greeting ("clustersync/1\n"), once the connection is registered;
+// from then on both sides send frames: a uint32 big-endian length, then that
+// many bytes: one byte giving the length of the channel name, the channel
+// name, and an envelope (package envelope). The relay forwards each frame, as
+// it is, to every connected client except the one that sent it; clients drop
+// frames of other channels, envelopes they cannot decode (reported at
+// edge.StageDelivery) and their own echo.
+//
+// # Limits
+//
+// One host, Unix only: the processes must share a file system that supports
+// flock(2) and Unix sockets, and run as users allowed to use both. A socket
+// path is limited to about 100 bytes by the operating system.
+//
+// A frame holds at most Options.MaxMessageBytes (1 MiB by default): Publish
+// refuses a larger message, and the relay disconnects a client that sends a
+// larger frame or an empty one (as random bytes read as a length would be);
+// the relay does not decode envelopes. Delivery is best effort, at most
+// once: a slow client never blocks the relay, because each connection has a
+// write queue bounded in bytes (Options.MaxQueueBytes); a client whose queue
+// overflows is disconnected, loses what was queued for it, and reconnects.
+// A relay process that is stopped without exiting (SIGSTOP) keeps the lock and
+// stalls the cluster until it resumes.
+package clustersync

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/testenv"
 )
 
 // wait bounds every wait in these tests; nothing sleeps.
@@ -224,54 +224,14 @@ func TestSyncErrors(t *testing.T) {
 	}
 }
 
-// errorLog collects what a hub reports to OnError.
-type errorLog struct {
-	mu     sync.Mutex
-	stages map[edge.Stage][]error
-	ch     chan edge.Stage
-}
-
-func newErrorLog() *errorLog {
-	return &errorLog{stages: make(map[edge.Stage][]error), ch: make(chan edge.Stage, 1024)}
-}
-
-func (l *errorLog) onError(err error, info edge.ErrorInfo) {
-	l.mu.Lock()
-	l.stages[info.Stage] = append(l.stages[info.Stage], err)
-	l.mu.Unlock()
-	select {
-	case l.ch <- info.Stage:
-	default:
-	}
-}
-
-// await waits for an error at stage.
-func (l *errorLog) await(t *testing.T, stage edge.Stage) error {
-	t.Helper()
-	deadline := time.After(wait)
-	for {
-		l.mu.Lock()
-		errs := l.stages[stage]
-		l.mu.Unlock()
-		if len(errs) > 0 {
-			return errs[0]
-		}
-		select {
-		case <-l.ch:
-		case <-deadline:
-			t.Fatalf("no error reported at stage %s", stage)
-		}
-	}
-}
-
 func TestFailingDriverReportsEveryStageAndLocalDeliveryGoesOn(t *testing.T) {
 	d := newFakeDriver()
 	d.subscribeErr = errors.New("backplane unreachable")
 	d.publishErr = errors.New("backplane write failed")
-	log := newErrorLog()
-	h := newHub(t, edge.Options{Sync: d.sync, OnError: log.onError})
+	log := testenv.NewErrorLog()
+	h := newHub(t, edge.Options{Sync: d.sync, OnError: log.OnError})
 
-	if err := log.await(t, edge.StageSubscribe); !errors.Is(err, d.subscribeErr) {
+	if err := log.Await(t, edge.StageSubscribe, 0, wait); !errors.Is(err, d.subscribeErr) {
 		t.Fatalf("subscribe: %v", err)
 	}
 
@@ -283,12 +243,12 @@ func TestFailingDriverReportsEveryStageAndLocalDeliveryGoesOn(t *testing.T) {
 	if d := bobIn.next(t); d.String() != "local" {
 		t.Fatalf("bob got %q", d.Bytes)
 	}
-	if err := log.await(t, edge.StagePublish); !errors.Is(err, d.publishErr) {
+	if err := log.Await(t, edge.StagePublish, 0, wait); !errors.Is(err, d.publishErr) {
 		t.Fatalf("publish: %v", err)
 	}
 
 	d.deliver(edge.Message{Namespace: "/ns", Topic: ""}) // what a broken driver might hand over
-	if err := log.await(t, edge.StageDelivery); !errors.Is(err, edge.ErrInvalidTopic) {
+	if err := log.Await(t, edge.StageDelivery, 0, wait); !errors.Is(err, edge.ErrInvalidTopic) {
 		t.Fatalf("delivery: %v", err)
 	}
 	d.deliver(edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("relayed")})
@@ -357,15 +317,15 @@ func TestPublishRelaysAndHandsToGatewayWithSender(t *testing.T) {
 func TestFullQueueDropsAndReportsWithoutBlocking(t *testing.T) {
 	d := newFakeDriver()
 	d.block = make(chan struct{})
-	log := newErrorLog()
-	h := newHub(t, edge.Options{Sync: d.sync, OnError: log.onError, QueueSize: 2})
+	log := testenv.NewErrorLog()
+	h := newHub(t, edge.Options{Sync: d.sync, OnError: log.OnError, QueueSize: 2})
 
 	for i := range 10 { // one in the driver, two queued, the rest dropped
 		if err := h.Publish(context.Background(), edge.Message{Topic: "t", Data: edge.Text(fmt.Sprint(i))}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := log.await(t, edge.StagePublish); !errors.Is(err, edge.ErrQueueFull) {
+	if err := log.Await(t, edge.StagePublish, 0, wait); !errors.Is(err, edge.ErrQueueFull) {
 		t.Fatalf("drop: %v", err)
 	}
 	close(d.block)
@@ -420,10 +380,10 @@ func TestPanicsAreIsolated(t *testing.T) {
 	d := newFakeDriver()
 	d.publishPanics = true
 	var reported atomic.Int32
-	log := newErrorLog()
+	log := testenv.NewErrorLog()
 	h := newHub(t, edge.Options{Sync: d.sync, OnError: func(err error, info edge.ErrorInfo) {
 		reported.Add(1)
-		log.onError(err, info)
+		log.OnError(err, info)
 		panic("OnError bug") // must not escape either
 	}})
 	bad, badIn := join(t, h, "/ns", "t")
@@ -436,7 +396,7 @@ func TestPanicsAreIsolated(t *testing.T) {
 		t.Fatalf("good got %q", d.Bytes)
 	}
 	var pe *edge.PanicError
-	if err := log.await(t, edge.StageDelivery); !errors.As(err, &pe) {
+	if err := log.Await(t, edge.StageDelivery, 0, wait); !errors.As(err, &pe) {
 		t.Fatalf("endpoint panic: %v", err)
 	}
 	select {
@@ -447,7 +407,7 @@ func TestPanicsAreIsolated(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("panicking peer not closed")
 	}
-	if err := log.await(t, edge.StagePublish); !errors.As(err, &pe) {
+	if err := log.Await(t, edge.StagePublish, 0, wait); !errors.As(err, &pe) {
 		t.Fatalf("driver panic: %v", err)
 	}
 	// The hub still works.

@@ -114,9 +114,14 @@ func chatHooks() edge.Hooks {
 
 func startInstance(t *testing.T, sync edge.Sync) *instance {
 	t.Helper()
-	hub, err := edge.New(edge.Options{Sync: sync, OnError: func(err error, info edge.ErrorInfo) {
+	return startInstanceWith(t, edge.Options{Sync: sync, OnError: func(err error, info edge.ErrorInfo) {
 		t.Logf("backplane error at %s: %v", info.Stage, err)
 	}})
+}
+
+func startInstanceWith(t *testing.T, opts edge.Options) *instance {
+	t.Helper()
+	hub, err := edge.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,67 @@
+// Package pgsync relays edgesync messages between instances through
+// Postgres LISTEN/NOTIFY, and keeps the state of gateway-held connections in
+// Postgres tables (Registry). It is built on pgx v5.
+//
+// # Backplane
+//
+// New returns the edge.Sync of one instance. Every instance on the same
+// Channel sees the messages the others publish; instances on other channels
+// never do. The channel is a Postgres identifier: at most 63 bytes.
+//
+// Each instance LISTENs on a connection of its own (application_name
+// "edgesync-listen"), either dialled from Options.ConnString or taken out of
+// Options.Pool. When that connection dies the driver reconnects with backoff
+// (at most one second between attempts), LISTENs again and reports the outage
+// once at edge.StageSubscribe; after 30 seconds without a notification it
+// pings the server, so that a connection lost without a word is noticed too.
+// Relay is best effort, as with every edgesync driver: what is published
+// while an instance is not listening does not reach it.
+//
+// Messages are published with pg_notify on the pool, a batch in one
+// statement (unnest of an array of payloads), which commits without waiting
+// for the WAL flush (synchronous_commit off for that transaction only): a
+// notification is not durable anyway, and Postgres serialises the commits of
+// notifying transactions. A notification carries the envelope of package
+// envelope, so a crossws (Node) instance listening on the same channel
+// interoperates:
+//
+//	{"id":"<instance id>","msg":{"namespace":"…","topic":"…","binary":false,"data":"…"}}
+//
+// Postgres merges identical notifications sent in one transaction. When one
+// batch holds several identical envelopes, the repeats get an extra member,
+// {"dup":1,"id":…}, which makes them distinct; decoders, crossws's included,
+// ignore members they do not know.
+//
+// # Large messages
+//
+// Postgres refuses a NOTIFY payload of NotifyPayloadLimit (8000) bytes or more.
+// A message whose envelope is that large is stored as a row of the table
+// edgesync_payloads, and the notification carries a reference to it instead:
+//
+//	{"edgesync":"ref","id":"<instance id>","ref":<row id>}
+//
+// Receivers read the row by its id. A reference is not an envelope (it has no
+// "msg"), so a crossws instance drops it as malformed: crossws instances see
+// small messages only. Rows are deleted once they are older than
+// Options.LargePayloadRetention, by the publishers, at most one DELETE per half
+// retention period; a receiver that resolves a reference later than that drops
+// the message and reports it.
+//
+// The table is created by the first large publish, or beforehand by Migrate.
+// A role that may not create tables (Postgres 15 and later grant no CREATE on
+// schema public by default) needs Migrate run once by a role that may, and
+// INSERT, SELECT and DELETE on the table and USAGE on its sequence.
+//
+// # Registry
+//
+// Registry is an edge.Registry in two tables, edgesync_conns and
+// edgesync_subs, scoped by RegistryOptions.Channel so that several
+// applications can share them. Expiry is enforced by every query; expired
+// rows are pruned by Add.
+//
+// # Pools and poolers
+//
+// The user's pool is never closed. LISTEN needs a session: a pool that goes
+// through a transaction-mode pooler (PgBouncer) cannot listen, but can still
+// publish if Options.ConnString names a direct connection for the listener.
+package pgsync

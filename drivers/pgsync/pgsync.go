@@ -1,0 +1,415 @@
+package pgsync
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/envelope"
+)
+
+// Limits and defaults.
+const (
+	// MaxChannelLength is the longest channel name, in bytes: a Postgres
+	// identifier (NAMEDATALEN-1).
+	MaxChannelLength = 63
+
+	// NotifyPayloadLimit is the size, in bytes, from which Postgres refuses
+	// a NOTIFY payload. Envelopes this large travel through the table
+	// edgesync_payloads.
+	NotifyPayloadLimit = 8000
+
+	// DefaultLargePayloadRetention is how long a stored large message is
+	// kept when Options.LargePayloadRetention is zero.
+	DefaultLargePayloadRetention = time.Minute
+
+	// DefaultMaxMessageBytes bounds an envelope when Options.MaxMessageBytes
+	// is zero.
+	DefaultMaxMessageBytes = 1 << 20
+
+	// ListenApplicationName is the application_name of the listening
+	// connection, as pg_stat_activity shows it.
+	ListenApplicationName = "edgesync-listen"
+)
+
+// Timing of the listening connection.
+const (
+	connectTimeout = 10 * time.Second       // one attempt to connect and LISTEN
+	resolveTimeout = 10 * time.Second       // reading one large message
+	minBackoff     = 50 * time.Millisecond  // first wait between reconnection attempts
+	maxBackoff     = time.Second            // longest wait between reconnection attempts
+	closeTimeout   = 500 * time.Millisecond // saying goodbye to the server on a closing connection
+	quietPeriod    = 30 * time.Second       // without notifications, after which the server is pinged
+	pingTimeout    = 5 * time.Second        // for the server to answer a ping
+)
+
+// Options configure the driver of one instance.
+type Options struct {
+	// Pool publishes. It stays the user's: the driver never closes it.
+	// When ConnString is empty, the listening connection is also taken
+	// out of Pool, for good (the pool opens another in its place).
+	Pool *pgxpool.Pool
+
+	// ConnString is a Postgres connection string (URL or key=value). The
+	// listening connection is dialled with it. When Pool is nil, the
+	// driver also publishes on a pool of its own built from it, closed
+	// by Close. At least one of Pool and ConnString is required.
+	ConnString string
+
+	// Channel is the Postgres notification channel: every instance on it
+	// sees the others' messages. Required; at most MaxChannelLength bytes.
+	Channel string
+
+	// LargePayloadRetention is how long a message too large for NOTIFY is
+	// kept in the table edgesync_payloads for the receivers to read. 0
+	// means DefaultLargePayloadRetention.
+	LargePayloadRetention time.Duration
+
+	// MaxMessageBytes bounds the envelope of one message, in bytes. A
+	// larger outbound message is not relayed (its Publish fails); a larger
+	// inbound one is dropped and reported at edge.StageDelivery. 0 means
+	// DefaultMaxMessageBytes.
+	MaxMessageBytes int
+}
+
+// New returns the Sync that builds the driver of one instance. Invalid
+// options (no Pool nor ConnString, a bad connection string, an empty channel
+// name or one longer than MaxChannelLength) are returned by the Sync, and so
+// by edge.New.
+func New(opts Options) edge.Sync {
+	return func(inst edge.Instance) (edge.Driver, error) {
+		return newDriver(opts, inst)
+	}
+}
+
+// driver is the edge.BatchDriver of one instance.
+type driver struct {
+	inst        edge.Instance
+	channel     string
+	pool        *pgxpool.Pool
+	ownPool     bool
+	listenCfg   *pgx.ConnConfig // nil: the listening connection comes from pool
+	listenSQL   string
+	refPrefix   string // a large message's reference, up to its row id
+	retention   time.Duration
+	maxBytes    int
+	seed        maphash.Seed
+	ownPrefix   string        // how the envelopes of this instance begin
+	quietPeriod time.Duration // without notifications, after which the server is pinged
+	pings       atomic.Int64  // pings sent after quiet periods
+	scratch     sync.Pool     // of *batch
+	rbuf        []byte        // the listener's copy of a payload
+
+	tableMu     sync.Mutex
+	tableReady  bool      // the table edgesync_payloads exists
+	lastCleanup time.Time // when old large payloads were last deleted
+
+	closed atomic.Bool
+	mu     sync.Mutex
+	cancel context.CancelFunc // stops the listener; nil before Subscribe
+	done   chan struct{}      // closed when the listener has stopped
+}
+
+var _ edge.BatchDriver = (*driver)(nil)
+
+func newDriver(opts Options, inst edge.Instance) (*driver, error) {
+	if err := checkChannel(opts.Channel); err != nil {
+		return nil, err
+	}
+	if opts.Pool == nil && opts.ConnString == "" {
+		return nil, errors.New("pgsync: Options needs a Pool or a ConnString")
+	}
+	d := &driver{
+		inst:        inst,
+		channel:     opts.Channel,
+		pool:        opts.Pool,
+		listenSQL:   "SET application_name = '" + ListenApplicationName + "'; LISTEN " + pgx.Identifier{opts.Channel}.Sanitize(),
+		retention:   opts.LargePayloadRetention,
+		maxBytes:    opts.MaxMessageBytes,
+		seed:        maphash.MakeSeed(),
+		quietPeriod: quietPeriod,
+	}
+	if d.retention <= 0 {
+		d.retention = DefaultLargePayloadRetention
+	}
+	if d.maxBytes <= 0 {
+		d.maxBytes = DefaultMaxMessageBytes
+	}
+	// The envelope begins with the quoted instance id: {"id":"…","msg":…
+	env, err := envelope.Encode(inst.ID, edge.Message{})
+	if err != nil {
+		return nil, fmt.Errorf("pgsync: encoding an envelope: %w", err)
+	}
+	end := bytes.Index(env, []byte(`,"msg":`))
+	if !bytes.HasPrefix(env, []byte(`{"id":`)) || end < 0 {
+		return nil, fmt.Errorf("pgsync: unexpected envelope %q", env)
+	}
+	d.ownPrefix = string(env[:end+1])
+	d.refPrefix = `{"edgesync":"ref","id":` + string(env[len(`{"id":`):end]) + `,"ref":`
+	if opts.ConnString != "" {
+		cfg, err := pgx.ParseConfig(opts.ConnString)
+		if err != nil {
+			return nil, fmt.Errorf("pgsync: ConnString: %w", err)
+		}
+		d.listenCfg = cfg
+		if d.pool == nil {
+			poolCfg, err := pgxpool.ParseConfig(opts.ConnString)
+			if err != nil {
+				return nil, fmt.Errorf("pgsync: ConnString: %w", err)
+			}
+			// NewWithConfig connects lazily: it fails only on a bad config.
+			d.pool, err = pgxpool.NewWithConfig(context.Background(), poolCfg)
+			if err != nil {
+				return nil, fmt.Errorf("pgsync: creating a pool: %w", err)
+			}
+			d.ownPool = true
+		}
+	}
+	return d, nil
+}
+
+// checkChannel validates a channel name.
+func checkChannel(channel string) error {
+	switch {
+	case channel == "":
+		return errors.New("pgsync: Options.Channel is required")
+	case len(channel) > MaxChannelLength:
+		return fmt.Errorf("pgsync: channel name %q is %d bytes long; a Postgres channel is an identifier of at most %d bytes",
+			channel, len(channel), MaxChannelLength)
+	case strings.IndexByte(channel, 0) >= 0:
+		return fmt.Errorf("pgsync: channel name %q holds a NUL byte", channel)
+	}
+	return nil
+}
+
+// encode returns the envelope of msg, or an error when it is larger than
+// MaxMessageBytes.
+func (d *driver) encode(msg edge.Message) ([]byte, error) {
+	env, err := envelope.Encode(d.inst.ID, msg)
+	if err != nil {
+		return nil, fmt.Errorf("pgsync: encoding a message on topic %q: %w", msg.Topic, err)
+	}
+	if len(env) > d.maxBytes {
+		return nil, tooLarge(msg, len(env), d.maxBytes)
+	}
+	return env, nil
+}
+
+func tooLarge(msg edge.Message, size, limit int) error {
+	return fmt.Errorf("pgsync: message on topic %q not relayed: its envelope is %d bytes, more than MaxMessageBytes (%d)",
+		msg.Topic, size, limit)
+}
+
+var errClosed = fmt.Errorf("pgsync: publish: %w", edge.ErrClosed)
+
+// Publishing statements commit asynchronously (synchronous_commit off, for
+// their own transaction only): a notification is not durable anyway, and
+// Postgres serialises the commits of every notifying transaction of the
+// cluster, so not waiting for the WAL flush there keeps the lock short.
+const (
+	asyncCommit = "set_config('synchronous_commit', 'off', true)"
+	notifySQL   = "SELECT pg_notify($1, $2) FROM " + asyncCommit
+)
+
+// Publish relays msg to the other instances on the channel.
+func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
+	if d.closed.Load() {
+		return errClosed
+	}
+	env, err := d.encode(msg)
+	if err != nil {
+		return err
+	}
+	if len(env) >= NotifyPayloadLimit {
+		return d.publish(ctx, nil, [][]byte{env})
+	}
+	if _, err := d.pool.Exec(ctx, notifySQL, d.channel, env); err != nil {
+		return fmt.Errorf("pgsync: publish to channel %q: %w", d.channel, err)
+	}
+	return nil
+}
+
+// PublishBatch relays msgs to the other instances on the channel in one
+// round trip. A message that cannot be relayed does not keep the others
+// from being relayed; the error names every failure.
+func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
+	if d.closed.Load() {
+		return errClosed
+	}
+	b, _ := d.scratch.Get().(*batch)
+	if b == nil {
+		b = &batch{seen: make(map[uint64]int)}
+	}
+	defer d.scratch.Put(b)
+	defer b.reset()
+
+	var errs []error
+	for _, msg := range msgs {
+		start := len(b.buf)
+		b.buf, _ = envelope.AppendEncode(b.buf, d.inst.ID, msg) // never fails
+		env := b.buf[start:]
+		switch {
+		case len(env) > d.maxBytes:
+			errs = append(errs, tooLarge(msg, len(env), d.maxBytes))
+			b.buf = b.buf[:start]
+			continue
+		case len(env) >= NotifyPayloadLimit:
+			b.large = append(b.large, bytes.Clone(env))
+			b.buf = b.buf[:start]
+			continue
+		}
+		if len(msgs) > 1 {
+			// Postgres delivers identical notifications of one
+			// transaction once: make repeats distinct. A hash
+			// collision marks a message that needed no mark, which is
+			// harmless.
+			h := maphash.Bytes(d.seed, env)
+			if n := b.seen[h]; n > 0 {
+				// Replace env by {"dup":n,…env without its '{'.
+				b.buf = fmt.Appendf(b.buf, `{"dup":%d,`, n)
+				b.buf = append(b.buf, b.buf[start+1:start+len(env)]...)
+				b.buf = b.buf[:copy(b.buf[start:], b.buf[start+len(env):])+start]
+			}
+			b.seen[h]++
+		}
+		b.ends = append(b.ends, len(b.buf))
+	}
+	start := 0
+	for _, end := range b.ends {
+		b.small = append(b.small, b.buf[start:end])
+		start = end
+	}
+	if err := d.publish(ctx, b.small, b.large); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// batch is the scratch space of PublishBatch, reused from one call to the
+// next: the envelopes of the small messages, back to back in buf.
+type batch struct {
+	buf   []byte
+	ends  []int    // where each envelope ends in buf
+	small [][]byte // the envelopes, slices of buf
+	large [][]byte
+	seen  map[uint64]int // envelope hash → how many times met
+}
+
+// maxKeptBatch bounds the scratch space kept for the next batch, in bytes.
+const maxKeptBatch = 1 << 20
+
+func (b *batch) reset() {
+	if cap(b.buf) > maxKeptBatch {
+		b.buf = nil
+	}
+	b.buf = b.buf[:0]
+	b.ends = b.ends[:0]
+	clear(b.small)
+	b.small = b.small[:0]
+	clear(b.large)
+	b.large = b.large[:0]
+	clear(b.seen)
+}
+
+const notifyManySQL = "SELECT pg_notify($1, p) FROM " + asyncCommit + ", unnest($2::text[]) AS p"
+
+// publish sends the small envelopes as notifications and stores the large
+// ones, in one round trip (two when the payload table must be created first).
+func (d *driver) publish(ctx context.Context, small, large [][]byte) error {
+	var errs []error
+	if len(large) > 0 {
+		if err := d.ensureTable(ctx, len(large[0])); err != nil {
+			errs = append(errs, err)
+			large = nil
+		}
+	}
+	var err error
+	switch {
+	case len(large) == 0 && len(small) == 0:
+	case len(large) == 0 && len(small) == 1:
+		_, err = d.pool.Exec(ctx, notifySQL, d.channel, small[0])
+	case len(large) == 0:
+		_, err = d.pool.Exec(ctx, notifyManySQL, d.channel, small)
+	default:
+		b := &pgx.Batch{}
+		switch len(small) {
+		case 0:
+		case 1:
+			b.Queue(notifySQL, d.channel, small[0])
+		default:
+			b.Queue(notifyManySQL, d.channel, small)
+		}
+		for _, env := range large {
+			b.Queue(storeSQL, d.channel, env, d.refPrefix)
+		}
+		err = d.pool.SendBatch(ctx, b).Close()
+		if err != nil {
+			err = explainLarge(err, "storing it", len(large[0]), false)
+		} else {
+			d.cleanupIfDue(ctx)
+		}
+	}
+	if err != nil {
+		what := "a message"
+		if n := len(small) + len(large); n > 1 {
+			what = fmt.Sprint(n, " messages")
+		}
+		errs = append(errs, fmt.Errorf("pgsync: publish %s to channel %q: %w", what, d.channel, err))
+	}
+	return errors.Join(errs...)
+}
+
+// Subscribe LISTENs on the channel and delivers what the other instances
+// publish until ctx is done or Close is called.
+func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) error {
+	d.mu.Lock()
+	if d.closed.Load() {
+		d.mu.Unlock()
+		return fmt.Errorf("pgsync: subscribe: %w", edge.ErrClosed)
+	}
+	if d.done != nil {
+		d.mu.Unlock()
+		return errors.New("pgsync: Subscribe called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	d.cancel = cancel
+	d.done = make(chan struct{})
+	d.mu.Unlock()
+
+	conn, err := d.connect(ctx)
+	go d.run(ctx, conn, deliver)
+	if err != nil {
+		return fmt.Errorf("pgsync: listen on channel %q (retrying in the background): %w", d.channel, err)
+	}
+	return nil
+}
+
+// Close stops listening and closes the pool the driver created, if any. The
+// user's pool stays open.
+func (d *driver) Close() error {
+	d.mu.Lock()
+	if d.closed.Swap(true) {
+		d.mu.Unlock()
+		return nil
+	}
+	cancel, done := d.cancel, d.done
+	d.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	if d.ownPool {
+		d.pool.Close()
+	}
+	return nil
+}

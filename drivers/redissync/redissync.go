@@ -1,0 +1,500 @@
+// Package redissync is the Redis backplane of edgesync: an edge.Driver that
+// relays messages between instances with Redis PUBLISH and SUBSCRIBE, and an
+// edge.Registry that keeps gateway-held connections in Redis. It is built on
+// github.com/redis/go-redis/v9.
+//
+// # Wire
+//
+// Every instance of a cluster publishes to and subscribes to one Redis
+// channel, named by Options.Channel and used as it is. Each message is one
+// envelope (package envelope) stamped with the instance id, the format of the
+// crossws sync backplane, so a Node crossws instance on the same channel and
+// the same Redis joins the cluster. An instance drops its own echo. A payload
+// that is not an envelope, or is larger than Options.MaxMessageBytes, is
+// dropped and reported at edge.StageDelivery; nothing else is disturbed.
+//
+// # Connections
+//
+// The driver subscribes on one connection of its own, taken from the user's
+// client with Subscribe, and publishes through the client's pool (a batch of
+// messages goes out as one pipeline, in one round trip). The user's client is
+// never closed. A lost subscription connection (a killed client, a restarted
+// server, a failover) is reported once per outage at edge.StageSubscribe, not
+// once per attempt, and the driver subscribes again with a backoff that starts
+// at a few milliseconds and is capped at a quarter of a second; messages
+// published while it is not subscribed are lost, as the edge.Driver contract
+// allows. A subscription connection silent for 3 seconds is probed with PING,
+// and replaced when no reply comes within 3 more: a dead peer, or a network
+// that drops packets, does not close it.
+//
+// # Clients
+//
+// Options.Client is any redis.UniversalClient:
+//
+//   - *redis.Client (redis.NewClient): one server. The subscription takes one
+//     connection outside the client's pool, so PoolSize needs no room for it.
+//   - *redis.ClusterClient (redis.NewClusterClient): PUBLISH in a Redis
+//     Cluster reaches the subscribers of every node, so the driver uses plain
+//     PUBLISH and SUBSCRIBE (not the sharded SPUBLISH), and its subscription
+//     may sit on any node; go-redis picks the master of the channel's slot.
+//     Every node then carries every message: fine for a backplane, but mind
+//     the cluster bus traffic on a large cluster.
+//   - a failover client (redis.NewFailoverClient, Redis Sentinel): the
+//     client publishes to the current master; when the subscription
+//     connection drops, it reconnects to the master that Sentinel names.
+//     Messages published on a master are also delivered to subscribers on
+//     its replicas, so a subscription left on a demoted master still
+//     receives them. Leave FailoverOptions.ReplicaOnly unset: a PUBLISH
+//     sent to a replica reaches that replica's subscribers only, and the
+//     Registry writes.
+//
+// With NewRegistry the same three kinds of client serve a Registry: its keys
+// carry a hash tag so that every key of one channel lives in one cluster slot.
+package redissync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/envelope"
+)
+
+// DefaultMaxMessageBytes is the largest inbound payload a driver accepts when
+// Options.MaxMessageBytes is zero: 1 MiB.
+const DefaultMaxMessageBytes = 1 << 20
+
+// Timing of the subscription loop.
+const (
+	// defaultPingInterval is how long the subscription connection may
+	// stay silent before it is probed with PING; when a second interval
+	// passes without a reply the connection is replaced.
+	defaultPingInterval = 3 * time.Second
+	// minBackoff and maxBackoff bound the wait between two attempts to
+	// subscribe again.
+	minBackoff = 5 * time.Millisecond
+	maxBackoff = 250 * time.Millisecond
+	// maxPooledBuffer is the largest encode buffer kept for reuse.
+	maxPooledBuffer = 1 << 20
+)
+
+// Options configure the driver of New.
+type Options struct {
+	// Client is the user's Redis client: a *redis.Client, a
+	// *redis.ClusterClient or a failover client. It is never closed by
+	// the driver. Required.
+	Client redis.UniversalClient
+	// Channel is the Redis channel the instances of one cluster share,
+	// used as it is. Required.
+	Channel string
+	// MaxMessageBytes bounds an inbound payload: a larger one is dropped
+	// and reported at edge.StageDelivery, undecoded. (go-redis has received it
+	// whole by then; Redis's proto-max-bulk-len bounds what a PUBLISH may
+	// carry.) 0 means DefaultMaxMessageBytes.
+	MaxMessageBytes int
+}
+
+// New returns the edge.Sync that builds, for each instance, a driver relaying
+// through Redis pub/sub as opts say. The Sync returns an error when
+// opts.Client or opts.Channel is missing.
+//
+// The driver also implements edge.BatchDriver: a batch is sent as one
+// pipeline. It reports a lost subscription at edge.StageSubscribe once per
+// outage, however many attempts the outage takes, and reports nothing when
+// the subscription is back: the next outage is reported again.
+func New(opts Options) edge.Sync {
+	return func(inst edge.Instance) (edge.Driver, error) {
+		if opts.Client == nil {
+			return nil, errors.New("redissync: Options.Client is nil")
+		}
+		if opts.Channel == "" {
+			return nil, errors.New("redissync: Options.Channel is empty")
+		}
+		if inst.ID == "" {
+			return nil, errors.New("redissync: the instance has no ID")
+		}
+		d := &driver{
+			client:   opts.Client,
+			channel:  opts.Channel,
+			maxBytes: opts.MaxMessageBytes,
+			id:       inst.ID,
+			report:   inst.Report,
+			ping:     defaultPingInterval,
+		}
+		if d.maxBytes <= 0 {
+			d.maxBytes = DefaultMaxMessageBytes
+		}
+		if d.report == nil {
+			d.report = func(error, edge.Stage) {}
+		}
+		d.echo = echoPrefix(inst.ID)
+		return d, nil
+	}
+}
+
+// echoPrefix returns how every envelope that the instance id encodes begins,
+// up to and including the id: a payload that begins so is the instance's
+// own echo, recognised without decoding it.
+func echoPrefix(id string) string {
+	enc, err := envelope.Encode(id, edge.Message{})
+	if err != nil {
+		return ""
+	}
+	// `,"msg":` cannot occur inside the JSON string of the id, where every
+	// quote is escaped.
+	i := strings.Index(string(enc), `,"msg":`)
+	if i < 0 || !strings.HasPrefix(string(enc), `{"id":"`) {
+		return "" // another layout: no fast path
+	}
+	return string(enc[:i+1])
+}
+
+// driver is the edge.BatchDriver of one instance.
+type driver struct {
+	client   redis.UniversalClient
+	channel  string
+	maxBytes int
+	id       string
+	report   func(error, edge.Stage)
+	echo     string
+	ping     time.Duration // see defaultPingInterval
+
+	closed atomic.Bool
+	bufs   sync.Pool // of *batchBuffer
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	started bool
+	stopped bool               // the loop is told to stop
+	ps      *redis.PubSub      // the current subscription; nil once stopped
+	cancel  context.CancelFunc // cancels the loop's context
+}
+
+var _ edge.BatchDriver = (*driver)(nil)
+
+// batchBuffer holds encoded envelopes back to back: envelope i is
+// buf[ends[i-1]:ends[i]].
+type batchBuffer struct {
+	buf  []byte
+	ends []int
+}
+
+func (d *driver) getBuffer() *batchBuffer {
+	if b, ok := d.bufs.Get().(*batchBuffer); ok {
+		return b
+	}
+	return &batchBuffer{buf: make([]byte, 0, 512)}
+}
+
+func (d *driver) putBuffer(b *batchBuffer) {
+	if cap(b.buf) > maxPooledBuffer {
+		return
+	}
+	b.buf = b.buf[:0]
+	b.ends = b.ends[:0]
+	d.bufs.Put(b)
+}
+
+func (d *driver) errClosed(op string) error {
+	return fmt.Errorf("redissync: %s: %w", op, edge.ErrClosed)
+}
+
+// Publish relays msg to the other instances with one PUBLISH.
+func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
+	if d.closed.Load() {
+		return d.errClosed("publish")
+	}
+	b := d.getBuffer()
+	defer d.putBuffer(b)
+	var err error
+	b.buf, err = envelope.AppendEncode(b.buf, d.id, msg)
+	if err != nil {
+		return fmt.Errorf("redissync: publish: %w", err)
+	}
+	if err := d.client.Publish(ctx, d.channel, b.buf).Err(); err != nil {
+		return fmt.Errorf("redissync: publish to %q: %w", d.channel, err)
+	}
+	return nil
+}
+
+// PublishBatch relays msgs to the other instances with one pipeline of
+// PUBLISH commands: one round trip.
+func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
+	if d.closed.Load() {
+		return d.errClosed("publish")
+	}
+	switch len(msgs) {
+	case 0:
+		return nil
+	case 1:
+		return d.Publish(ctx, msgs[0])
+	}
+	b := d.getBuffer()
+	defer d.putBuffer(b)
+	for _, msg := range msgs {
+		var err error
+		b.buf, err = envelope.AppendEncode(b.buf, d.id, msg)
+		if err != nil {
+			return fmt.Errorf("redissync: publish: %w", err)
+		}
+		b.ends = append(b.ends, len(b.buf))
+	}
+	// The payloads are sliced only now that b.buf has stopped growing.
+	_, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		start := 0
+		for _, end := range b.ends {
+			p.Publish(ctx, d.channel, b.buf[start:end:end])
+			start = end
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("redissync: publish %d messages to %q: %w", len(msgs), d.channel, err)
+	}
+	return nil
+}
+
+// Subscribe subscribes to the channel on a connection of its own and starts
+// the loop that delivers what other instances publish. It returns nil once
+// Redis has confirmed the subscription. When Redis cannot be reached it
+// returns the error and keeps trying in the background until ctx is done or
+// the driver is closed.
+func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) error {
+	if deliver == nil {
+		return errors.New("redissync: subscribe: deliver is nil")
+	}
+	d.mu.Lock()
+	if d.closed.Load() || d.stopped {
+		d.mu.Unlock()
+		return d.errClosed("subscribe")
+	}
+	if d.started {
+		d.mu.Unlock()
+		return errors.New("redissync: subscribe: called twice")
+	}
+	d.started = true
+	loopCtx, cancel := context.WithCancel(ctx)
+	d.cancel = cancel
+	d.ps = d.client.Subscribe(loopCtx) // no channel yet: no network
+	ps := d.ps
+	d.wg.Add(2)
+	d.mu.Unlock()
+
+	// When ctx is done, stop the loop as Close does.
+	go func() {
+		defer d.wg.Done()
+		<-loopCtx.Done()
+		d.stop()
+	}()
+	// Dial and send SUBSCRIBE; the loop reads the confirmation.
+	err := ps.Subscribe(loopCtx, d.channel)
+	first := make(chan error, 1)
+	go d.loop(loopCtx, ps, deliver, first, err)
+	select {
+	case err := <-first:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// loop receives from the subscription until the driver stops. It is the
+// only reader of the PubSub.
+//
+// go-redis reconnects a PubSub on its own: when a read fails, it closes the
+// connection and at once dials a new one and sends SUBSCRIBE again; when that
+// dial fails, the next ReceiveTimeout dials. So the loop never subscribes
+// again itself. It counts the subscription as lost at the first error and as
+// back when Redis confirms it (or a message on the channel arrives), waits
+// between failing attempts so that an unreachable server is not dialled in a
+// spin, and replaces the PubSub only when the connection goes silent and
+// does not answer a PING, which go-redis does not detect.
+func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.Message), first chan<- error, err error) {
+	defer d.wg.Done()
+	var (
+		answered   bool // Subscribe has been answered through first
+		subscribed bool // confirmed, and not lost since
+		pinged     bool // a PING is unanswered
+		backoff    time.Duration
+		scratch    []byte
+	)
+	defer func() {
+		if !answered {
+			first <- d.errClosed("subscribe")
+		}
+	}()
+	for {
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			switch {
+			case !answered:
+				first <- fmt.Errorf("redissync: subscribe to %q: %w", d.channel, err)
+				answered = true
+			case subscribed:
+				d.report(fmt.Errorf("redissync: subscription to %q lost, subscribing again: %w", d.channel, err), edge.StageSubscribe)
+			}
+			subscribed, pinged = false, false
+			backoff = min(max(2*backoff, minBackoff), maxBackoff)
+			if !d.sleep(ctx, backoff) {
+				return
+			}
+		}
+		var v any
+		v, err = ps.ReceiveTimeout(ctx, d.ping)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if !isTimeout(err) {
+				continue
+			}
+			if !pinged {
+				// Silent for a while: probe the connection.
+				if err = ps.Ping(ctx); err == nil {
+					pinged = true
+				}
+				continue
+			}
+			// No reply to the PING: the connection is dead but not
+			// closed. Replace the PubSub.
+			err = fmt.Errorf("no reply to PING within %v", d.ping)
+			if ps = d.renew(ctx); ps == nil {
+				return
+			}
+			continue
+		}
+		pinged = false
+		switch m := v.(type) {
+		case *redis.Subscription:
+			if m.Kind != "subscribe" || m.Channel != d.channel {
+				continue
+			}
+		case *redis.Message:
+			if m.Channel != d.channel {
+				continue
+			}
+			scratch = d.handle(m.Payload, deliver, scratch)
+		default: // *redis.Pong
+			continue
+		}
+		// A confirmation or a message: the subscription is in place.
+		if !subscribed {
+			subscribed, backoff = true, 0
+			if !answered {
+				first <- nil
+				answered = true
+			}
+		}
+	}
+}
+
+// renew replaces the subscription with a new PubSub, returning nil when the
+// driver is stopping. It sends SUBSCRIBE on the new connection; when that
+// fails, the next ReceiveTimeout dials again.
+func (d *driver) renew(ctx context.Context) *redis.PubSub {
+	ps := d.client.Subscribe(ctx)
+	d.mu.Lock()
+	if d.stopped {
+		d.mu.Unlock()
+		_ = ps.Close()
+		return nil
+	}
+	old := d.ps
+	d.ps = ps
+	d.mu.Unlock()
+	_ = old.Close()
+	_ = ps.Subscribe(ctx, d.channel)
+	return ps
+}
+
+// sleep waits for dur with some jitter, returning false when ctx is done first.
+func (d *driver) sleep(ctx context.Context, dur time.Duration) bool {
+	dur = dur/2 + rand.N(dur/2+1)
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// handle decodes one payload and delivers it unless it is the instance's own
+// echo. It returns scratch, the buffer the payload is copied into, for the
+// next call.
+func (d *driver) handle(payload string, deliver func(edge.Message), scratch []byte) []byte {
+	if len(payload) > d.maxBytes {
+		d.report(fmt.Errorf("redissync: dropped a %d-byte payload on %q: larger than MaxMessageBytes (%d)",
+			len(payload), d.channel, d.maxBytes), edge.StageDelivery)
+		return scratch
+	}
+	if d.echo != "" && strings.HasPrefix(payload, d.echo) {
+		return scratch
+	}
+	// Decode keeps nothing of its input: the copy is reused.
+	scratch = append(scratch[:0], payload...)
+	id, msg, err := envelope.Decode(scratch)
+	if err != nil {
+		d.report(fmt.Errorf("redissync: dropped a payload on %q: %w", d.channel, err), edge.StageDelivery)
+		return scratch
+	}
+	if id == d.id {
+		return scratch
+	}
+	d.deliver(deliver, msg)
+	return scratch
+}
+
+// deliver calls the Hub's callback, which must not take the loop down.
+func (d *driver) deliver(deliver func(edge.Message), msg edge.Message) {
+	defer func() {
+		if v := recover(); v != nil {
+			d.report(&edge.PanicError{Value: v, Stack: debug.Stack()}, edge.StageDelivery)
+		}
+	}()
+	deliver(msg)
+}
+
+// stop tells the loop to stop: it cancels the loop's context and closes the
+// subscription, which interrupts a blocked read. It is idempotent.
+func (d *driver) stop() {
+	d.mu.Lock()
+	d.stopped = true
+	ps, cancel := d.ps, d.cancel
+	d.ps = nil
+	d.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if ps != nil {
+		_ = ps.Close()
+	}
+}
+
+// Close stops the subscription loop, closes the subscription connection and
+// waits for the loop to end. The user's client stays open. Close is
+// idempotent; Publish after Close returns an error wrapping edge.ErrClosed.
+func (d *driver) Close() error {
+	d.closed.Store(true)
+	d.stop()
+	d.wg.Wait()
+	return nil
+}

@@ -1,0 +1,893 @@
+package redissync_test
+
+import (
+	"cmp"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/edgesync/edgesync/drivers/drivertest"
+	"github.com/edgesync/edgesync/drivers/redissync"
+	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/testenv"
+)
+
+// waitTimeout bounds every wait of these tests; a test that works never
+// meets it.
+const waitTimeout = 10 * time.Second
+
+// newClient returns a client of the test server, closed when t ends.
+func newClient(t testing.TB) *redis.Client {
+	t.Helper()
+	opt, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatalf("redis.ParseURL: %v", err)
+	}
+	return openClient(t, opt)
+}
+
+func openClient(t testing.TB, opt *redis.Options) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(opt)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxFor(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestDriverConformance(t *testing.T) {
+	client := newClient(t)
+	drivertest.RunDriverTests(t, func(t *testing.T, channel string) edge.Sync {
+		return redissync.New(redissync.Options{Client: client, Channel: channel})
+	})
+}
+
+func TestRegistryConformance(t *testing.T) {
+	client := newClient(t)
+	drivertest.RunRegistryTests(t, func(t *testing.T) edge.Registry {
+		return newRegistry(t, client, testenv.Channel(t))
+	})
+}
+
+func newRegistry(t testing.TB, client redis.UniversalClient, channel string) *redissync.Registry {
+	t.Helper()
+	r, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: channel})
+	if err != nil {
+		t.Fatalf("NewRegistry: %v", err)
+	}
+	return r
+}
+
+// errorLog records what a Hub reports to OnError.
+type errorLog struct {
+	mu     sync.Mutex
+	errs   []reported
+	notify chan struct{}
+}
+
+type reported struct {
+	err   error
+	stage edge.Stage
+}
+
+func newErrorLog() *errorLog { return &errorLog{notify: make(chan struct{}, 1)} }
+
+func (l *errorLog) onError(err error, info edge.ErrorInfo) {
+	l.mu.Lock()
+	l.errs = append(l.errs, reported{err, info.Stage})
+	l.mu.Unlock()
+	select {
+	case l.notify <- struct{}{}:
+	default:
+	}
+}
+
+// at returns the errors reported at stage.
+func (l *errorLog) at(stage edge.Stage) []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	for _, r := range l.errs {
+		if r.stage == stage {
+			errs = append(errs, r.err)
+		}
+	}
+	return errs
+}
+
+// waitAt waits until n errors have been reported at stage.
+func (l *errorLog) waitAt(t *testing.T, stage edge.Stage, n int) []error {
+	t.Helper()
+	timer := time.NewTimer(waitTimeout)
+	defer timer.Stop()
+	for {
+		if errs := l.at(stage); len(errs) >= n {
+			return errs
+		}
+		select {
+		case <-l.notify:
+		case <-timer.C:
+			t.Fatalf("timed out waiting for %d errors at stage %s; got %v", n, stage, l.at(stage))
+		}
+	}
+}
+
+// newHub starts a Hub relaying through Redis on channel, closed when t ends.
+func newHub(t *testing.T, opts redissync.Options) (*edge.Hub, *errorLog) {
+	t.Helper()
+	log := newErrorLog()
+	hub, err := edge.New(edge.Options{Sync: redissync.New(opts), OnError: log.onError})
+	if err != nil {
+		t.Fatalf("edge.New: %v", err)
+	}
+	t.Cleanup(func() { hub.Close() })
+	return hub, log
+}
+
+// sink is an edge.Endpoint that records what it is delivered.
+type sink struct {
+	mu     sync.Mutex
+	got    []edge.Data
+	notify chan struct{}
+}
+
+func (s *sink) Deliver(d edge.Data) {
+	s.mu.Lock()
+	s.got = append(s.got, d)
+	s.mu.Unlock()
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (s *sink) Close(int, string) error { return nil }
+
+func (s *sink) find(match func(edge.Data) bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.ContainsFunc(s.got, match)
+}
+
+func (s *sink) has(text string) bool {
+	return s.find(func(d edge.Data) bool { return string(d.Bytes) == text })
+}
+
+func (s *sink) hasPrefix(prefix string) bool {
+	return s.find(func(d edge.Data) bool { return strings.HasPrefix(string(d.Bytes), prefix) })
+}
+
+// waitFor waits until ok holds, failing t with what after waitTimeout.
+func (s *sink) waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	timer := time.NewTimer(waitTimeout)
+	defer timer.Stop()
+	for !ok() {
+		select {
+		case <-s.notify:
+		case <-timer.C:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func (s *sink) waitText(t *testing.T, text string) {
+	t.Helper()
+	s.waitFor(t, fmt.Sprintf("%q to be delivered", text), func() bool { return s.has(text) })
+}
+
+// join adds a member subscribed to topic in namespace to hub.
+func join(t *testing.T, hub *edge.Hub, namespace, topic string) *sink {
+	t.Helper()
+	s := &sink{notify: make(chan struct{}, 1)}
+	m, err := hub.Join(edge.NewID(), namespace, s)
+	if err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	if err := m.Subscribe(topic); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	return s
+}
+
+func publish(t *testing.T, hub *edge.Hub, namespace, topic, text string) {
+	t.Helper()
+	if err := hub.Publish(context.Background(), edge.Message{Namespace: namespace, Topic: topic, Data: edge.Text(text)}); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+}
+
+func TestOptionsAreValidated(t *testing.T) {
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer client.Close()
+	for _, tc := range []struct {
+		name string
+		opts redissync.Options
+		want string
+	}{
+		{"no client", redissync.Options{Channel: "c"}, "Client"},
+		{"no channel", redissync.Options{Client: client}, "Channel"},
+	} {
+		hub, err := edge.New(edge.Options{Sync: redissync.New(tc.opts)})
+		if err == nil {
+			hub.Close()
+			t.Errorf("%s: edge.New returned no error", tc.name)
+		} else if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: edge.New: %v, want it to name %s", tc.name, err, tc.want)
+		}
+	}
+	if _, err := redissync.NewRegistry(redissync.RegistryOptions{Channel: "c"}); err == nil {
+		t.Error("NewRegistry without a client returned no error")
+	}
+	if _, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client}); err == nil {
+		t.Error("NewRegistry without a channel returned no error")
+	}
+}
+
+// Payloads from strangers on the channel that are not envelopes, or are too
+// large, are dropped and reported; a valid one from a stranger is delivered,
+// and the relay goes on.
+func TestStrangerPayloads(t *testing.T) {
+	t.Parallel()
+	client := newClient(t)
+	channel := testenv.Channel(t)
+	const maxBytes = 4096
+	a, _ := newHub(t, redissync.Options{Client: client, Channel: channel})
+	b, bLog := newHub(t, redissync.Options{Client: client, Channel: channel, MaxMessageBytes: maxBytes})
+	got := join(t, b, "/ns", "t")
+
+	stranger := edge.NewID()
+	foreign, _ := envelope.Encode(stranger, edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("from a stranger")})
+	huge, _ := envelope.Encode(stranger, edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text(strings.Repeat("x", maxBytes))})
+	malformed := []string{
+		"not json",
+		"\xff\xfe\x00\x01",
+		`{"id":"` + stranger + `","msg":{"namespace":"/ns","topic":"t"}}`,
+		`[1,2,3]`,
+	}
+	ctx := ctxFor(t)
+	for _, p := range append(slices.Clone(malformed), string(huge), string(foreign)) {
+		if err := client.Publish(ctx, channel, p).Err(); err != nil {
+			t.Fatalf("raw PUBLISH: %v", err)
+		}
+	}
+	publish(t, a, "/ns", "t", "still flowing")
+	// Redis delivers in order, so everything before it has been handled.
+	got.waitText(t, "still flowing")
+	if !got.has("from a stranger") {
+		t.Error("the valid envelope of a stranger was not delivered")
+	}
+	if got.hasPrefix("xxxx") {
+		t.Error("the oversized payload was delivered")
+	}
+	errs := bLog.at(edge.StageDelivery)
+	var nMalformed, nLarge int
+	for _, err := range errs {
+		switch {
+		case errors.Is(err, envelope.ErrMalformed):
+			nMalformed++
+		case strings.Contains(err.Error(), "MaxMessageBytes"):
+			nLarge++
+		}
+	}
+	if nMalformed != len(malformed) || nLarge != 1 || len(errs) != len(malformed)+1 {
+		t.Errorf("reported at StageDelivery: %v; want %d malformed envelopes and 1 oversized payload", errs, len(malformed))
+	}
+	if errs := bLog.at(edge.StageSubscribe); len(errs) > 0 {
+		t.Errorf("reported at StageSubscribe: %v", errs)
+	}
+}
+
+type crosswsVector struct {
+	Name      string `json:"name"`
+	ID        string `json:"id"`
+	Namespace string `json:"namespace"`
+	Topic     string `json:"topic"`
+	Binary    bool   `json:"binary"`
+	DataText  string `json:"data_text"`
+	DataHex   string `json:"data_hex"`
+	Wire      string `json:"wire"`
+}
+
+func crosswsVectors(t *testing.T) []crosswsVector {
+	t.Helper()
+	raw, err := os.ReadFile("../../envelope/testdata/crossws-envelope.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Encode []crosswsVector `json:"encode"`
+	}
+	if err := json.Unmarshal(raw, &file); err != nil {
+		t.Fatal(err)
+	}
+	if len(file.Encode) == 0 {
+		t.Fatal("no encode vectors")
+	}
+	return file.Encode
+}
+
+// A Node crossws instance on the same channel interoperates: what it
+// publishes (the wire of its own encodeEnvelope) is delivered, and what a Hub
+// publishes is what crossws would have written.
+func TestCrosswsInterop(t *testing.T) {
+	t.Parallel()
+	client := newClient(t)
+	channel := testenv.Channel(t)
+	hub, log := newHub(t, redissync.Options{Client: client, Channel: channel})
+	vectors := crosswsVectors(t)
+	ctx := ctxFor(t)
+
+	// A member in namespace "/_ws" receives what is published to every
+	// namespace.
+	address := func(v crosswsVector) string { return cmp.Or(v.Namespace, "/_ws") + " " + v.Topic }
+	sinks := map[string]*sink{}
+	for _, v := range vectors {
+		if v.ID == hub.ID() {
+			t.Fatal("the vector's id is the hub's")
+		}
+		if sinks[address(v)] == nil {
+			sinks[address(v)] = join(t, hub, cmp.Or(v.Namespace, "/_ws"), v.Topic)
+		}
+		if err := client.Publish(ctx, channel, v.Wire).Err(); err != nil {
+			t.Fatalf("raw PUBLISH: %v", err)
+		}
+	}
+	for _, v := range vectors {
+		data := []byte(v.DataText)
+		if v.Binary {
+			var err error
+			if data, err = hex.DecodeString(v.DataHex); err != nil {
+				t.Fatalf("%s: %v", v.Name, err)
+			}
+		}
+		s := sinks[address(v)]
+		s.waitFor(t, "vector "+v.Name, func() bool {
+			return s.find(func(d edge.Data) bool { return d.Binary == v.Binary && string(d.Bytes) == string(data) })
+		})
+	}
+	if errs := log.at(edge.StageDelivery); len(errs) > 0 {
+		t.Errorf("reported at StageDelivery: %v", errs)
+	}
+
+	// The other way: a Hub's envelope is byte for byte crossws's.
+	v := vectors[0]
+	raw := client.Subscribe(ctx, channel)
+	defer raw.Close()
+	if _, err := raw.Receive(ctx); err != nil { // the subscription's confirmation
+		t.Fatalf("raw SUBSCRIBE: %v", err)
+	}
+	publish(t, hub, v.Namespace, v.Topic, v.DataText)
+	msg, err := raw.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatalf("raw receive: %v", err)
+	}
+	if want := strings.Replace(v.Wire, v.ID, hub.ID(), 1); msg.Payload != want {
+		t.Errorf("the Hub published\n\t%s\nwant\n\t%s", msg.Payload, want)
+	}
+}
+
+// relayUntilDelivered publishes probes from a until one reaches to, which
+// proves b is subscribed again, then checks that a message published after
+// that arrives.
+func relayUntilDelivered(t *testing.T, a *edge.Hub, to *sink, namespace, topic string) {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; !to.hasPrefix("probe-"); i++ {
+		publish(t, a, namespace, topic, "probe-"+strconv.Itoa(i))
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Fatalf("no probe delivered within %v", waitTimeout)
+		}
+	}
+	publish(t, a, namespace, topic, "after recovery")
+	to.waitText(t, "after recovery")
+}
+
+// stream publishes from hub without pause until the returned function is
+// called.
+func stream(t *testing.T, hub *edge.Hub, namespace, topic string) (stop func()) {
+	t.Helper()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			msg := edge.Message{Namespace: namespace, Topic: topic, Data: edge.Text("stream-" + strconv.Itoa(i))}
+			if err := hub.Publish(context.Background(), msg); err != nil {
+				return
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { close(done); <-stopped }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// killPubSub kills the pub/sub connections of the clients named name.
+func killPubSub(t *testing.T, admin *redis.Client, name string) {
+	t.Helper()
+	ctx := ctxFor(t)
+	list, err := admin.ClientList(ctx).Result()
+	if err != nil {
+		t.Fatalf("CLIENT LIST: %v", err)
+	}
+	killed := 0
+	for line := range strings.Lines(list) {
+		fields := strings.Fields(line)
+		if !slices.Contains(fields, "name="+name) {
+			continue
+		}
+		for _, f := range fields {
+			if id, ok := strings.CutPrefix(f, "id="); ok {
+				n, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub", "ID", id).Result()
+				if err != nil {
+					t.Fatalf("CLIENT KILL: %v", err)
+				}
+				killed += int(n)
+			}
+		}
+	}
+	if killed == 0 {
+		t.Fatalf("no pub/sub connection named %q to kill in:\n%s", name, list)
+	}
+}
+
+// After its subscription connection is killed (CLIENT KILL TYPE pubsub), a
+// Hub reports the outage once and is subscribed again.
+func TestResubscribeAfterClientKill(t *testing.T) {
+	t.Parallel()
+	admin := newClient(t)
+	channel := testenv.Channel(t)
+	opt, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.ClientName = channel + "-b" // to kill B's connection and no other
+	bClient := openClient(t, opt)
+
+	a, _ := newHub(t, redissync.Options{Client: admin, Channel: channel})
+	b, bLog := newHub(t, redissync.Options{Client: bClient, Channel: channel})
+	got := join(t, b, "/ns", "t")
+	stop := stream(t, a, "/ns", "t")
+	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+
+	killPubSub(t, admin, opt.ClientName)
+	errs := bLog.waitAt(t, edge.StageSubscribe, 1)
+	t.Logf("reported: %v", errs[0])
+	relayUntilDelivered(t, a, got, "/ns", "t")
+	stop()
+	if errs := bLog.at(edge.StageSubscribe); len(errs) != 1 {
+		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
+	}
+	if errs := bLog.at(edge.StageDelivery); len(errs) > 0 {
+		t.Errorf("reported at StageDelivery: %v", errs)
+	}
+	if err := bClient.Ping(ctxFor(t)).Err(); err != nil {
+		t.Errorf("the user's client after the outage: %v", err)
+	}
+}
+
+// freePort returns a TCP port of 127.0.0.1 that nothing listens on.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}
+
+// redisServer is a redis-server child process of the test.
+type redisServer struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// startRedis starts redis-server on port and waits until it answers.
+func startRedis(t *testing.T, path, port string) *redisServer {
+	t.Helper()
+	cmd := exec.Command(path, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting redis-server: %v", err)
+	}
+	s := &redisServer{cmd: cmd, exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(s.exited) }()
+	t.Cleanup(s.stop)
+
+	probe := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + port, MaxRetries: -1, DialTimeout: time.Second})
+	defer probe.Close()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for probe.Ping(context.Background()).Err() != nil {
+		select {
+		case <-tick.C:
+		case <-s.exited:
+			t.Fatalf("redis-server on port %s exited: %v", port, cmd.ProcessState)
+		case <-deadline.C:
+			t.Fatalf("redis-server on port %s did not answer within %v", port, waitTimeout)
+		}
+	}
+	return s
+}
+
+// stop kills the server and waits until it has exited.
+func (s *redisServer) stop() {
+	s.cmd.Process.Kill()
+	<-s.exited
+}
+
+// After the server restarts, a Hub reports the outage once and is subscribed
+// again.
+func TestResubscribeAfterServerRestart(t *testing.T) {
+	t.Parallel()
+	path, err := exec.LookPath("redis-server")
+	if err != nil {
+		testenv.Unavailable(t, "redis-server is not installed: "+err.Error())
+	}
+	port := freePort(t)
+	server := startRedis(t, path, port)
+	client := openClient(t, &redis.Options{Addr: "127.0.0.1:" + port})
+	channel := testenv.Channel(t)
+	a, _ := newHub(t, redissync.Options{Client: client, Channel: channel})
+	b, bLog := newHub(t, redissync.Options{Client: client, Channel: channel})
+	got := join(t, b, "/ns", "t")
+	stop := stream(t, a, "/ns", "t")
+	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+
+	server.stop()
+	bLog.waitAt(t, edge.StageSubscribe, 1)
+	startRedis(t, path, port)
+	relayUntilDelivered(t, a, got, "/ns", "t")
+	stop()
+	if errs := bLog.at(edge.StageSubscribe); len(errs) != 1 {
+		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
+	}
+}
+
+// When Redis cannot be reached, a Hub starts anyway, reports the failure at
+// StageSubscribe and delivers locally.
+func TestUnreachableAtStart(t *testing.T) {
+	t.Parallel()
+	client := openClient(t, &redis.Options{Addr: "127.0.0.1:" + freePort(t)})
+	hub, log := newHub(t, redissync.Options{Client: client, Channel: testenv.Channel(t)})
+	errs := log.waitAt(t, edge.StageSubscribe, 1)
+	t.Logf("reported: %v", errs[0])
+
+	got := join(t, hub, "/ns", "t")
+	publish(t, hub, "/ns", "t", "local")
+	if !got.has("local") {
+		t.Error("a local publish was not delivered while Redis is unreachable")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- hub.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Close did not return while Redis is unreachable")
+	}
+}
+
+// Closing the Hub closes the driver's subscription but not the user's
+// client.
+func TestClientStaysOpen(t *testing.T) {
+	t.Parallel()
+	client := newClient(t)
+	channel := testenv.Channel(t)
+	ctx := ctxFor(t)
+	hub, err := edge.New(edge.Options{Sync: redissync.New(redissync.Options{Client: client, Channel: channel})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := client.PubSubNumSub(ctx, channel).Val()[channel]; n != 1 {
+		t.Errorf("PUBSUB NUMSUB = %d with the Hub running, want 1", n)
+	}
+	if err := hub.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := client.Ping(ctx).Err(); err != nil {
+		t.Fatalf("the user's client after Close: %v", err)
+	}
+	if err := client.Publish(ctx, channel, "x").Err(); err != nil {
+		t.Fatalf("PUBLISH with the user's client after Close: %v", err)
+	}
+	// Redis drops the subscriber once it has read the closed connection.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for client.PubSubNumSub(ctx, channel).Val()[channel] != 0 {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatal("the subscription connection is still open after Close")
+		}
+	}
+}
+
+// The registry escapes namespace, topic and channel in its key names, keeps
+// every key of a channel under one hash tag and sets their expiry.
+func TestRegistryKeys(t *testing.T) {
+	t.Parallel()
+	client := newClient(t)
+	ctx := ctxFor(t)
+	channel := testenv.Channel(t) + ":{a}%"
+	r := newRegistry(t, client, channel)
+	prefix := "edgesync:{" + strings.TrimSuffix(channel, ":{a}%") + "%3A%7Ba%7D%25}:"
+
+	c := edge.Conn{ID: "conn:1", Namespace: "/x:y", ExpiresAt: time.Now().Add(time.Hour)}
+	if err := r.Add(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	const topic = "t:{1}%"
+	if err := r.Subscribe(ctx, c.ID, topic); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{
+		prefix + "conn:conn%3A1",
+		prefix + "topics:conn%3A1",
+		prefix + "subs:/x%3Ay:t%3A%7B1%7D%25",
+		prefix + "nss:t%3A%7B1%7D%25",
+	} {
+		ttl, err := client.PTTL(ctx, key).Result()
+		switch {
+		case err != nil:
+			t.Errorf("PTTL %s: %v", key, err)
+		case ttl < 0:
+			t.Errorf("PTTL %s = %v: the key is missing or has no expiry", key, ttl)
+		case ttl < 59*time.Minute:
+			t.Errorf("PTTL %s = %v, want the connection's hour", key, ttl)
+		}
+	}
+
+	// ':' in a namespace or topic does not make two subscriber sets one.
+	c1 := edge.Conn{ID: edge.NewID(), Namespace: "a:b"}
+	c2 := edge.Conn{ID: edge.NewID(), Namespace: "a"}
+	for _, sub := range []struct {
+		c     edge.Conn
+		topic string
+	}{{c1, "c"}, {c2, "b:c"}} {
+		if err := r.Add(ctx, sub.c); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Subscribe(ctx, sub.c.ID, sub.topic); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := subscribers(t, r, "a:b", "c"); !slices.Equal(got, []string{c1.ID}) {
+		t.Errorf("Subscribers(a:b, c) = %q, want %q", got, c1.ID)
+	}
+	if got := subscribers(t, r, "a", "b:c"); !slices.Equal(got, []string{c2.ID}) {
+		t.Errorf("Subscribers(a, b:c) = %q, want %q", got, c2.ID)
+	}
+}
+
+func subscribers(t *testing.T, r edge.Registry, namespace, topic string) []string {
+	t.Helper()
+	var ids []string
+	if err := r.Subscribers(ctxFor(t), namespace, topic, func(id string) bool {
+		ids = append(ids, id)
+		return true
+	}); err != nil {
+		t.Fatalf("Subscribers: %v", err)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Subscribers skips the ids of connections that expired and takes them, and
+// namespaces left without subscribers, out of the index.
+func TestRegistryReapsExpired(t *testing.T) {
+	t.Parallel()
+	client := newClient(t)
+	ctx := ctxFor(t)
+	channel := testenv.Channel(t)
+	r := newRegistry(t, client, channel)
+	prefix := "edgesync:{" + channel + "}:"
+
+	live := edge.Conn{ID: edge.NewID(), Namespace: "/one"}
+	gone := edge.Conn{ID: edge.NewID(), Namespace: "/one"}
+	alone := edge.Conn{ID: edge.NewID(), Namespace: "/two"}
+	for _, c := range []edge.Conn{live, gone, alone} {
+		if err := r.Add(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Subscribe(ctx, c.ID, "t"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What Redis does when the connections expire.
+	if err := client.Del(ctx, prefix+"conn:"+gone.ID, prefix+"conn:"+alone.ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the first pass empties /two, the second drops it
+		if got := subscribers(t, r, "", "t"); !slices.Equal(got, []string{live.ID}) {
+			t.Errorf("Subscribers = %q, want only %q", got, live.ID)
+		}
+	}
+	if ids := client.SMembers(ctx, prefix+"subs:/one:t").Val(); !slices.Equal(ids, []string{live.ID}) {
+		t.Errorf("subscriber set of /one = %q, want only %q", ids, live.ID)
+	}
+	if nss := client.SMembers(ctx, prefix+"nss:t").Val(); !slices.Equal(nss, []string{"/one"}) {
+		t.Errorf("namespaces of t = %q, want only /one", nss)
+	}
+}
+
+// proxy forwards TCP connections to a server. Freeze makes the connections
+// open at the time go silent, as a network that drops packets would: what
+// they carry is discarded, and they stay open. Connections made later are
+// forwarded.
+type proxy struct {
+	ln     net.Listener
+	target string
+
+	mu     sync.Mutex
+	conns  []*proxyConn
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type proxyConn struct {
+	client, server net.Conn
+	frozen         atomic.Bool
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) accept() {
+	defer p.wg.Done()
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			client.Close()
+			continue
+		}
+		c := &proxyConn{client: client, server: server}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			client.Close()
+			server.Close()
+			return
+		}
+		p.conns = append(p.conns, c)
+		p.wg.Add(2)
+		p.mu.Unlock()
+		go p.pipe(c, client, server)
+		go p.pipe(c, server, client)
+	}
+}
+
+// pipe copies from src to dst until either closes, discarding what it reads
+// while c is frozen.
+func (p *proxy) pipe(c *proxyConn, src, dst net.Conn) {
+	defer p.wg.Done()
+	defer src.Close()
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !c.frozen.Load() {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// freeze silences the connections open now.
+func (p *proxy) freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.frozen.Store(true)
+	}
+}
+
+func (p *proxy) close() {
+	p.mu.Lock()
+	p.closed = true
+	conns := p.conns
+	p.mu.Unlock()
+	p.ln.Close()
+	for _, c := range conns {
+		c.client.Close()
+		c.server.Close()
+	}
+	p.wg.Wait()
+}
+
+// A subscription connection that goes silent without closing (a network
+// that drops packets) is found out with PING, reported once and replaced.
+func TestSilentConnectionIsReplaced(t *testing.T) {
+	t.Parallel()
+	direct := newClient(t)
+	p := newProxy(t, direct.Options().Addr)
+	opt, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.Addr = p.addr()
+	viaProxy := openClient(t, opt)
+	channel := testenv.Channel(t)
+
+	a, _ := newHub(t, redissync.Options{Client: direct, Channel: channel})
+	bLog := newErrorLog()
+	const ping = 100 * time.Millisecond
+	b, err := edge.New(edge.Options{
+		Sync:    redissync.NewWithPingInterval(redissync.Options{Client: viaProxy, Channel: channel}, ping),
+		OnError: bLog.onError,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	got := join(t, b, "/ns", "t")
+	stop := stream(t, a, "/ns", "t")
+	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+
+	p.freeze()
+	errs := bLog.waitAt(t, edge.StageSubscribe, 1)
+	t.Logf("reported: %v", errs[0])
+	relayUntilDelivered(t, a, got, "/ns", "t")
+	stop()
+	if errs := bLog.at(edge.StageSubscribe); len(errs) != 1 {
+		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
+	}
+}

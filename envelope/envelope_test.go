@@ -3,11 +3,9 @@ package envelope_test
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -15,62 +13,8 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/testenv"
 )
-
-// vectors are the envelopes that crossws's own encodeEnvelope and
-// decodeEnvelope produce and judge.
-type vectors struct {
-	Encode []struct {
-		Name      string `json:"name"`
-		ID        string `json:"id"`
-		Namespace string `json:"namespace"`
-		Topic     string `json:"topic"`
-		Binary    bool   `json:"binary"`
-		DataText  string `json:"data_text"`
-		DataHex   string `json:"data_hex"`
-		Wire      string `json:"wire"`
-	} `json:"encode"`
-	Decode []struct {
-		Name      string `json:"name"`
-		Wire      string `json:"wire"`
-		OK        bool   `json:"ok"`
-		ID        string `json:"id"`
-		Namespace string `json:"namespace"`
-		Topic     string `json:"topic"`
-		Binary    bool   `json:"binary"`
-		DataText  string `json:"data_text"`
-		DataHex   string `json:"data_hex"`
-	} `json:"decode"`
-}
-
-func loadVectors(tb testing.TB) vectors {
-	tb.Helper()
-	raw, err := os.ReadFile("testdata/crossws-envelope.json")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var v vectors
-	if err := json.Unmarshal(raw, &v); err != nil {
-		tb.Fatal(err)
-	}
-	if len(v.Encode) == 0 || len(v.Decode) == 0 {
-		tb.Fatal("no vectors")
-	}
-	return v
-}
-
-// vectorData returns the Data that a vector describes.
-func vectorData(tb testing.TB, binary bool, text, hexData string) edge.Data {
-	tb.Helper()
-	if !binary {
-		return edge.Text(text)
-	}
-	b, err := hex.DecodeString(hexData)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return edge.Binary(b)
-}
 
 // sameMessage reports whether a and b carry the same address and data. Nil
 // and empty data are the same.
@@ -89,9 +33,9 @@ func mustEncode(tb testing.TB, id string, m edge.Message) []byte {
 }
 
 func TestCrosswsEncodeVectors(t *testing.T) {
-	for _, v := range loadVectors(t).Encode {
+	for _, v := range testenv.CrosswsVectors(t).Encode {
 		t.Run(v.Name, func(t *testing.T) {
-			want := edge.Message{Namespace: v.Namespace, Topic: v.Topic, Data: vectorData(t, v.Binary, v.DataText, v.DataHex)}
+			want := v.Message
 
 			id, got, err := envelope.Decode([]byte(v.Wire))
 			if err != nil {
@@ -121,7 +65,7 @@ func TestCrosswsEncodeVectors(t *testing.T) {
 }
 
 func TestCrosswsDecodeVectors(t *testing.T) {
-	for _, v := range loadVectors(t).Decode {
+	for _, v := range testenv.CrosswsVectors(t).Decode {
 		t.Run(v.Name, func(t *testing.T) {
 			id, got, err := envelope.Decode([]byte(v.Wire))
 			if !v.OK {
@@ -136,9 +80,8 @@ func TestCrosswsDecodeVectors(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Decode(%q): %v; crossws accepts it", v.Wire, err)
 			}
-			want := edge.Message{Namespace: v.Namespace, Topic: v.Topic, Data: vectorData(t, v.Binary, v.DataText, v.DataHex)}
-			if id != v.ID || !sameMessage(got, want) {
-				t.Errorf("Decode(%q) = %q, %+v; want %q, %+v", v.Wire, id, got, v.ID, want)
+			if id != v.ID || !sameMessage(got, v.Message) {
+				t.Errorf("Decode(%q) = %q, %+v; want %q, %+v", v.Wire, id, got, v.ID, v.Message)
 			}
 		})
 	}
@@ -501,7 +444,7 @@ func checkAgainstReference(t *testing.T, raw []byte) {
 }
 
 func FuzzDecode(f *testing.F) {
-	v := loadVectors(f)
+	v := testenv.CrosswsVectors(f)
 	for _, e := range v.Encode {
 		f.Add([]byte(e.Wire))
 	}
@@ -543,9 +486,9 @@ func FuzzDecode(f *testing.F) {
 func wellFormed(s string) string { return string([]rune(s)) }
 
 func FuzzEncode(f *testing.F) {
-	for _, v := range loadVectors(f).Encode {
-		d := vectorData(f, v.Binary, v.DataText, v.DataHex)
-		f.Add(v.ID, v.Namespace, v.Topic, d.Bytes, d.Binary)
+	for _, v := range testenv.CrosswsVectors(f).Encode {
+		m := v.Message
+		f.Add(v.ID, m.Namespace, m.Topic, m.Data.Bytes, m.Data.Binary)
 	}
 	f.Add("\xff", "a\xc3", "\xed\xa0\x80", []byte("\xf0\x9f\x8c x\xe2\x82 \x00\x1f\"\\"), false)
 	f.Fuzz(func(t *testing.T, id, ns, topic string, data []byte, binary bool) {

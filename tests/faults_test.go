@@ -68,28 +68,31 @@ func stream(t *testing.T, from, to *client, label string, n int) {
 // awaitRelay sends probes from one client until one reaches the other: the
 // relay between their instances works again. Relay is at most once, so a
 // probe sent during the outage may be lost; the next one is sent after a
-// short wait for the previous.
+// short wait for the previous. Probes are marked with a token of their own
+// call, so that a late probe of an earlier call proves nothing.
 func awaitRelay(t *testing.T, from, to *client) {
 	t.Helper()
+	token := "probe " + edge.NewID() + " "
 	deadline := time.Now().Add(wait)
 	for i := 0; time.Now().Before(deadline); i++ {
-		from.send(t, websocket.MessageText, fmt.Sprintf("probe %d", i))
-		if awaitProbe(t, to, 100*time.Millisecond) {
+		from.send(t, websocket.MessageText, fmt.Sprintf("%s%d", token, i))
+		if awaitProbe(t, to, token, 100*time.Millisecond) {
 			return
 		}
 	}
 	t.Fatal("the relay did not recover")
 }
 
-// awaitProbe reports whether a probe reaches c within d. Messages of earlier
-// streams still on their way to c are skipped.
-func awaitProbe(t *testing.T, c *client, d time.Duration) bool {
+// awaitProbe reports whether a probe with the token reaches c within d.
+// Older probes and messages of earlier streams still on their way to c are
+// skipped.
+func awaitProbe(t *testing.T, c *client, token string, d time.Duration) bool {
 	t.Helper()
 	timeout := time.After(d)
 	for {
 		select {
 		case f := <-c.frames:
-			if strings.HasPrefix(f.data, "probe ") {
+			if strings.HasPrefix(f.data, token) {
 				return true
 			}
 		case err := <-c.done:

@@ -91,35 +91,26 @@ func (s *redisServer) stop() {
 }
 
 // proxy forwards TCP connections to a server; cutting it is what the
-// clients would see of a server that restarts or disappears.
+// clients would see of a server that restarts or disappears. It listens from
+// newProxy to the end of the test, so that no other process takes its port,
+// and closes every connection while it is cut.
 type proxy struct {
-	t      *testing.T
 	target string
+	addr   string
 	ln     net.Listener
 	mu     sync.Mutex
+	open   bool
 	conns  map[net.Conn]struct{}
-	addr   string
 }
 
-// newProxy reserves an address for a proxy to target; nothing listens
-// there until start.
+// newProxy returns a proxy to target that is cut until start.
 func newProxy(t *testing.T, target string) *proxy {
-	p := &proxy{t: t, target: target, conns: make(map[net.Conn]struct{}),
-		addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	t.Cleanup(p.cut)
-	return p
-}
-
-// start listens and forwards.
-func (p *proxy) start() {
-	p.t.Helper()
-	ln, err := net.Listen("tcp", p.addr)
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		p.t.Fatal(err)
+		t.Fatal(err)
 	}
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
+	p := &proxy{target: target, addr: ln.Addr().String(), ln: ln, conns: make(map[net.Conn]struct{})}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -129,6 +120,29 @@ func (p *proxy) start() {
 			go p.forward(c)
 		}
 	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+	})
+	return p
+}
+
+// start forwards connections.
+func (p *proxy) start() {
+	p.mu.Lock()
+	p.open = true
+	p.mu.Unlock()
+}
+
+// cut closes every connection and refuses new ones.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.open = false
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
 }
 
 func (p *proxy) forward(c net.Conn) {
@@ -145,31 +159,17 @@ func (p *proxy) forward(c net.Conn) {
 	c.Close()
 }
 
+// track registers the two ends of a forwarded connection, or closes them
+// while the proxy is cut.
 func (p *proxy) track(conns ...net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ln == nil {
-		for _, c := range conns {
-			c.Close()
-		}
-		return false
-	}
 	for _, c := range conns {
+		if !p.open {
+			c.Close()
+			continue
+		}
 		p.conns[c] = struct{}{}
 	}
-	return true
-}
-
-// cut stops listening and closes every connection.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
+	return p.open
 }

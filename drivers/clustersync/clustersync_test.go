@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/edgesync/edgesync/drivers/drivertest"
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/testenv"
 )
 
 // waitTimeout bounds every wait of these tests: a test that meets it has
@@ -37,54 +39,43 @@ func socketPath(t testing.TB) string {
 }
 
 func TestConformance(t *testing.T) {
+	drivertest.RunDriverTests(t, socketPerChannel())
+}
+
+// socketPerChannel returns a function for drivertest that builds the Sync of
+// one more instance of channel, on a socket of the channel's own.
+func socketPerChannel() func(tb testing.TB, channel string) edge.Sync {
 	var mu sync.Mutex
 	sockets := make(map[string]string) // channel → socket
-	drivertest.RunDriverTests(t, func(t *testing.T, channel string) edge.Sync {
+	return func(tb testing.TB, channel string) edge.Sync {
 		mu.Lock()
 		defer mu.Unlock()
 		socket, ok := sockets[channel]
 		if !ok {
-			socket = socketPath(t)
+			socket = socketPath(tb)
 			sockets[channel] = socket
 		}
 		return New(Options{Socket: socket, Channel: channel})
-	})
+	}
 }
 
-// recorder is an instance's deliveries and reports.
+// recorder is an instance's deliveries.
 type recorder struct {
-	mu      sync.Mutex
-	msgs    []edge.Message
-	reports []report
-	notify  chan struct{}
-}
-
-type report struct {
-	err   error
-	stage edge.Stage
+	mu     sync.Mutex
+	msgs   []edge.Message
+	notify chan struct{}
 }
 
 func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 1)} }
-
-func (r *recorder) signal() {
-	select {
-	case r.notify <- struct{}{}:
-	default:
-	}
-}
 
 func (r *recorder) deliver(m edge.Message) {
 	r.mu.Lock()
 	r.msgs = append(r.msgs, m)
 	r.mu.Unlock()
-	r.signal()
-}
-
-func (r *recorder) report(err error, stage edge.Stage) {
-	r.mu.Lock()
-	r.reports = append(r.reports, report{err, stage})
-	r.mu.Unlock()
-	r.signal()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
 }
 
 func (r *recorder) texts() []string {
@@ -112,20 +103,8 @@ func (r *recorder) has(text string) bool {
 	return false
 }
 
-// reported returns the first report at stage that matches target, if any.
-func (r *recorder) reported(stage edge.Stage, target error) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, rep := range r.reports {
-		if rep.stage == stage && (target == nil || errors.Is(rep.err, target)) {
-			return rep.err
-		}
-	}
-	return nil
-}
-
-// waitFor waits until cond holds, rechecking it after every delivery or
-// report, and fails t after waitTimeout.
+// waitFor waits until cond holds, rechecking it after every delivery, and
+// fails t after waitTimeout.
 func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	timer := time.NewTimer(waitTimeout)
@@ -139,10 +118,11 @@ func (r *recorder) waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// instance is one subscribed driver and what it received.
+// instance is one subscribed driver, what it received and what it reported.
 type instance struct {
 	*driver
 	rec *recorder
+	log *testenv.ErrorLog
 }
 
 // start builds and subscribes a driver, closed when t ends.
@@ -158,13 +138,13 @@ func start(t *testing.T, opts Options) instance {
 // build builds a driver without subscribing it, closed when t ends.
 func build(t *testing.T, opts Options) instance {
 	t.Helper()
-	rec := newRecorder()
-	d, err := New(opts)(edge.Instance{ID: edge.NewID(), Report: rec.report})
+	log := testenv.NewErrorLog()
+	d, err := New(opts)(edge.Instance{ID: edge.NewID(), Report: log.Report})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(func() { d.Close() })
-	return instance{d.(*driver), rec}
+	return instance{d.(*driver), newRecorder(), log}
 }
 
 func publish(t *testing.T, in instance, text string) {
@@ -327,7 +307,7 @@ func TestFailoverAfterClose(t *testing.T) {
 		t.Fatalf("relay roles after failover: b %v, c %v; want exactly one", b.isRelay(), c.isRelay())
 	}
 	for _, in := range []instance{b, c} {
-		if err := in.rec.reported(edge.StageSubscribe, nil); err == nil {
+		if in.log.Count(edge.StageSubscribe) == 0 {
 			t.Error("the outage was not reported at StageSubscribe")
 		}
 	}
@@ -386,7 +366,7 @@ func TestRelayServe(t *testing.T) {
 	if !c.isRelay() {
 		t.Fatal("the driver that may relay did not take the role over")
 	}
-	if err := a.rec.reported(edge.StageSubscribe, nil); err == nil {
+	if a.log.Count(edge.StageSubscribe) == 0 {
 		t.Error("the outage was not reported at StageSubscribe")
 	}
 	select {
@@ -406,7 +386,7 @@ func TestPublishWhileDisconnected(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
-	a.rec.waitFor(t, "the outage report", func() bool { return a.rec.reported(edge.StageSubscribe, nil) != nil })
+	a.log.Await(t, edge.StageSubscribe, 0, waitTimeout)
 	err := a.Publish(context.Background(), edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("lost")})
 	if !errors.Is(err, ErrNotConnected) {
 		t.Fatalf("Publish: got %v, want ErrNotConnected", err)
@@ -507,8 +487,8 @@ func TestStuckClientDoesNotStallTheOthers(t *testing.T) {
 	if n := waitDisconnected(t, stuck); n >= rounds*perRound*1000 {
 		t.Fatalf("the stuck client could read %d bytes: it was never disconnected", n)
 	}
-	if err := b.rec.reported(edge.StageSubscribe, nil); err != nil {
-		t.Fatalf("b lost its connection: %v", err)
+	if b.log.Count(edge.StageSubscribe) > 0 {
+		t.Fatalf("b lost its connection: %v", b.log)
 	}
 }
 
@@ -548,17 +528,16 @@ func TestGarbageIsDropped(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		b.rec.waitFor(t, "reports of the two malformed frames", func() bool {
-			b.rec.mu.Lock()
-			defer b.rec.mu.Unlock()
-			n := 0
-			for _, rep := range b.rec.reports {
-				if rep.stage == edge.StageDelivery && errors.Is(rep.err, envelope.ErrMalformed) {
-					n++
-				}
+		b.log.Await(t, edge.StageDelivery, 1, waitTimeout)
+		errs := b.log.Errors(edge.StageDelivery)
+		if len(errs) != 2 {
+			t.Errorf("reported at StageDelivery: %v, want the two malformed frames", errs)
+		}
+		for _, err := range errs {
+			if !errors.Is(err, envelope.ErrMalformed) {
+				t.Errorf("reported at StageDelivery: %v, want an error wrapping envelope.ErrMalformed", err)
 			}
-			return n == 2
-		})
+		}
 	})
 
 	publish(t, a, "still relaying")
@@ -566,8 +545,8 @@ func TestGarbageIsDropped(t *testing.T) {
 	if n := b.rec.count(); n != 1 {
 		t.Fatalf("b received %d messages, want 1: %q", n, b.rec.texts())
 	}
-	if err := b.rec.reported(edge.StageSubscribe, nil); err != nil {
-		t.Fatalf("b lost its connection: %v", err)
+	if b.log.Count(edge.StageSubscribe) > 0 {
+		t.Fatalf("b lost its connection: %v", b.log)
 	}
 }
 
@@ -617,10 +596,8 @@ func TestLongStreamArrivesIntact(t *testing.T) {
 			t.Fatalf("message %d is %q, want %q", i, text, want)
 		}
 	}
-	b.rec.mu.Lock()
-	defer b.rec.mu.Unlock()
-	for _, rep := range b.rec.reports {
-		t.Errorf("b reported at %s: %v", rep.stage, rep.err)
+	if b.log.Count(testenv.AnyStage) > 0 {
+		t.Errorf("b reported: %v", b.log)
 	}
 }
 
@@ -665,7 +642,7 @@ func TestReceiverLimit(t *testing.T) {
 	if n := b.rec.count(); n != 1 {
 		t.Fatalf("b received %d messages, want 1", n)
 	}
-	if err := b.rec.reported(edge.StageDelivery, ErrMessageTooLarge); err == nil {
+	if !slices.ContainsFunc(b.log.Errors(edge.StageDelivery), func(err error) bool { return errors.Is(err, ErrMessageTooLarge) }) {
 		t.Fatal("the large frame was not reported at StageDelivery")
 	}
 }

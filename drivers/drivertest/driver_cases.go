@@ -262,8 +262,8 @@ func (s *driverSuite) testConcurrentHub(t *testing.T) {
 	)
 	ch := newChannel()
 	topic := "concurrent-" + edge.NewID()
-	hubA, logA := s.newHub(t, "hub A", ch)
-	hubB, logB := s.newHub(t, "hub B", ch)
+	hubA, logA := newHub(t, s.newSync, "hub A", ch, 0)
+	hubB, logB := newHub(t, s.newSync, "hub B", ch, 0)
 
 	ep := &endpoint{}
 	ep.inbox.init()
@@ -347,26 +347,34 @@ func (l *errorLog) onError(err error, info edge.ErrorInfo) {
 	l.errs = append(l.errs, fmt.Sprintf("%s: %v", info.Stage, err))
 }
 
-func (l *errorLog) dump(t *testing.T, name string) {
-	t.Helper()
+func (l *errorLog) dump(tb testing.TB, name string) {
+	tb.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, e := range l.errs {
-		t.Logf("%s reported %s", name, e)
+		tb.Logf("%s reported %s", name, e)
 	}
 }
 
-// newHub starts a Hub on channel, closed when t ends.
-func (s *driverSuite) newHub(t *testing.T, name, channel string) (*edge.Hub, *errorLog) {
-	t.Helper()
+// count returns how many errors were reported.
+func (l *errorLog) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.errs)
+}
+
+// newHub starts a Hub on channel with the Sync that newSync returns and an
+// outbound queue of queueSize (0 for the default), closed when tb ends.
+func newHub(tb testing.TB, newSync func(tb testing.TB, channel string) edge.Sync, name, channel string, queueSize int) (*edge.Hub, *errorLog) {
+	tb.Helper()
 	log := &errorLog{}
-	hub, err := edge.New(edge.Options{Sync: s.newSync(t, channel), OnError: log.onError})
+	hub, err := edge.New(edge.Options{Sync: newSync(tb, channel), OnError: log.onError, QueueSize: queueSize})
 	if err != nil {
-		t.Fatalf("%s: edge.New: %v", name, err)
+		tb.Fatalf("%s: edge.New: %v", name, err)
 	}
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		if err := hub.Close(); err != nil {
-			t.Errorf("%s: Close: %v", name, err)
+			tb.Errorf("%s: Close: %v", name, err)
 		}
 	})
 	return hub, log

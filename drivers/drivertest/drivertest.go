@@ -1,12 +1,15 @@
 // Package drivertest is the conformance suite that every edgesync driver and
-// every edge.Registry passes. A driver's package runs it from a test of its
-// own, so that third-party drivers are held to the same contract:
+// every edge.Registry passes, and the benchmarks that every driver runs. A
+// driver's package runs them from tests of its own, so that third-party
+// drivers are held to the same contract and measured the same way:
 //
-//	func TestConformance(t *testing.T) {
-//		drivertest.RunDriverTests(t, func(t *testing.T, channel string) edge.Sync {
-//			return mydriver.New(mydriver.Options{Client: client, Channel: channel})
-//		})
+//	func newSync(tb testing.TB, channel string) edge.Sync {
+//		return mydriver.New(mydriver.Options{Client: client, Channel: channel})
 //	}
+//
+//	func TestConformance(t *testing.T) { drivertest.RunDriverTests(t, newSync) }
+//	func BenchmarkRelay(b *testing.B)   { drivertest.BenchmarkRelay(b, newSync) }
+//	func BenchmarkLatency(b *testing.B) { drivertest.BenchmarkLatency(b, newSync, 5000) }
 //
 // The cases assert what a Hub relies on: the contract of edge.Driver and of
 // edge.Registry. Every case picks its own random channel name, connection ids
@@ -51,7 +54,7 @@ var (
 // Clients that newSync shares between instances (a Redis client, a pool) are
 // best made before RunDriverTests is called: one case checks that no more
 // goroutines run once its drivers are closed than before they were built.
-func RunDriverTests(t *testing.T, newSync func(t *testing.T, channel string) edge.Sync) {
+func RunDriverTests(t *testing.T, newSync func(tb testing.TB, channel string) edge.Sync) {
 	t.Helper()
 	s := &driverSuite{newSync: newSync}
 	t.Run("PublishReachesEveryOtherInstanceButNotItself", s.testFanOut)
@@ -66,7 +69,7 @@ func RunDriverTests(t *testing.T, newSync func(t *testing.T, channel string) edg
 }
 
 type driverSuite struct {
-	newSync func(t *testing.T, channel string) edge.Sync
+	newSync func(tb testing.TB, channel string) edge.Sync
 }
 
 // newChannel returns a channel name no other case uses, short enough for

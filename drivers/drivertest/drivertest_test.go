@@ -61,13 +61,13 @@ func TestBroken(t *testing.T) {
 		t.Skip("run by TestSuiteCatchesBrokenImplementations")
 	}
 	if reg, ok := strings.CutPrefix(broken, "registry-"); ok {
-		drivertest.RunRegistryTests(t, func(t *testing.T) edge.Registry {
+		drivertest.RunRegistryTests(t, func(tb testing.TB) edge.Registry {
 			return &brokenRegistry{Registry: memsync.NewRegistry(memsync.RegistryOptions{}), broken: reg}
 		})
 		return
 	}
 	var bus memsync.Bus
-	drivertest.RunDriverTests(t, func(t *testing.T, channel string) edge.Sync {
+	drivertest.RunDriverTests(t, func(tb testing.TB, channel string) edge.Sync {
 		if broken == "bridge" {
 			channel = "every channel"
 		}
@@ -80,6 +80,25 @@ func TestBroken(t *testing.T) {
 			return &brokenDriver{BatchDriver: d.(edge.BatchDriver), broken: broken, inst: inst}, nil
 		}
 	})
+}
+
+// TestBenchmarks runs the benchmarks on memsync and checks that they report
+// their metrics.
+func TestBenchmarks(t *testing.T) {
+	var bus memsync.Bus
+	newSync := func(_ testing.TB, channel string) edge.Sync {
+		return memsync.New(memsync.Options{Bus: &bus, Channel: channel})
+	}
+	relay := testing.Benchmark(func(b *testing.B) { drivertest.BenchmarkRelay(b, newSync) })
+	if relay.N == 0 || relay.Extra["msgs/s"] <= 0 {
+		t.Errorf("BenchmarkRelay: %d messages, metrics %v; want msgs/s", relay.N, relay.Extra)
+	}
+	latency := testing.Benchmark(func(b *testing.B) { drivertest.BenchmarkLatency(b, newSync, 20_000) })
+	for _, m := range []string{"p50-µs", "p99-µs", "max-µs"} {
+		if _, ok := latency.Extra[m]; latency.N == 0 || !ok {
+			t.Errorf("BenchmarkLatency: %d messages, metrics %v; want %s", latency.N, latency.Extra, m)
+		}
+	}
 }
 
 // brokenDriver is memsync with one rule broken.

@@ -17,7 +17,7 @@ import (
 // made by newRegistry (each call may return a fresh, empty registry of its own
 // scope). The cases run in parallel and use random connection ids, namespaces
 // and topics, so newRegistry may also return one shared registry.
-func RunRegistryTests(t *testing.T, newRegistry func(t *testing.T) edge.Registry) {
+func RunRegistryTests(t *testing.T, newRegistry func(tb testing.TB) edge.Registry) {
 	t.Helper()
 	cases := []struct {
 		name string

@@ -13,24 +13,31 @@ import (
 	"github.com/edgesync/edgesync/drivers/drivertest"
 	"github.com/edgesync/edgesync/drivers/memsync"
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/testenv"
 )
 
 func TestDriverConformance(t *testing.T) {
+	drivertest.RunDriverTests(t, busSync())
+}
+
+// busSync returns a function for drivertest that builds the Sync of one more
+// instance of a channel, all on one Bus.
+func busSync() func(tb testing.TB, channel string) edge.Sync {
 	var bus memsync.Bus
-	drivertest.RunDriverTests(t, func(t *testing.T, channel string) edge.Sync {
+	return func(_ testing.TB, channel string) edge.Sync {
 		return memsync.New(memsync.Options{Bus: &bus, Channel: channel})
-	})
+	}
 }
 
 func TestRegistryConformance(t *testing.T) {
 	t.Run("FreshRegistries", func(t *testing.T) {
-		drivertest.RunRegistryTests(t, func(t *testing.T) edge.Registry {
+		drivertest.RunRegistryTests(t, func(tb testing.TB) edge.Registry {
 			return memsync.NewRegistry(memsync.RegistryOptions{})
 		})
 	})
 	t.Run("SharedRegistry", func(t *testing.T) {
 		shared := memsync.NewRegistry(memsync.RegistryOptions{})
-		drivertest.RunRegistryTests(t, func(t *testing.T) edge.Registry { return shared })
+		drivertest.RunRegistryTests(t, func(tb testing.TB) edge.Registry { return shared })
 	})
 }
 
@@ -63,22 +70,19 @@ func TestOptionsAreValidated(t *testing.T) {
 	})
 }
 
-// instance is a driver built directly, with what it receives recorded.
+// instance is a driver built directly, with what it receives and reports
+// recorded.
 type instance struct {
 	driver edge.Driver
+	log    *testenv.ErrorLog
 	mu     sync.Mutex
 	got    []string
-	errs   []error
 }
 
 func newInstance(t *testing.T, opts memsync.Options) *instance {
 	t.Helper()
-	in := &instance{}
-	d, err := memsync.New(opts)(edge.Instance{ID: edge.NewID(), Report: func(err error, _ edge.Stage) {
-		in.mu.Lock()
-		in.errs = append(in.errs, err)
-		in.mu.Unlock()
-	}})
+	in := &instance{log: testenv.NewErrorLog()}
+	d, err := memsync.New(opts)(edge.Instance{ID: edge.NewID(), Report: in.log.Report})
 	if err != nil {
 		t.Fatalf("Sync: %v", err)
 	}
@@ -129,6 +133,11 @@ func TestBusesAndChannelsDoNotBridge(t *testing.T) {
 	if got := otherChannel.received(); len(got) != 0 {
 		t.Errorf("an instance on another channel received %q", got)
 	}
+	for _, in := range []*instance{origin, peer, otherBus, otherChannel} {
+		if in.log.Count(testenv.AnyStage) > 0 {
+			t.Errorf("reported: %v", in.log)
+		}
+	}
 }
 
 func TestDriverErrors(t *testing.T) {
@@ -160,14 +169,8 @@ func TestPanickingInstanceIsIsolated(t *testing.T) {
 	var bus memsync.Bus
 	opts := memsync.Options{Bus: &bus, Channel: "c"}
 	origin := newInstance(t, opts)
-	var reported []edge.Stage
-	bad, err := memsync.New(opts)(edge.Instance{ID: edge.NewID(), Report: func(err error, stage edge.Stage) {
-		var pe *edge.PanicError
-		if !errors.As(err, &pe) {
-			t.Errorf("reported %v, want an *edge.PanicError", err)
-		}
-		reported = append(reported, stage)
-	}})
+	reported := testenv.NewErrorLog()
+	bad, err := memsync.New(opts)(edge.Instance{ID: edge.NewID(), Report: reported.Report})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,8 +185,14 @@ func TestPanickingInstanceIsIsolated(t *testing.T) {
 	if got := good.received(); !slices.Equal(got, []string{"one", "two"}) {
 		t.Errorf("the other instance received %q, want [one two]", got)
 	}
-	if !slices.Equal(reported, []edge.Stage{edge.StageDelivery, edge.StageDelivery}) {
-		t.Errorf("the panicking instance reported %q, want two at stage delivery", reported)
+	if reported.Count(testenv.AnyStage) != 2 || reported.Count(edge.StageDelivery) != 2 {
+		t.Errorf("the panicking instance reported %v, want two at stage delivery", reported)
+	}
+	for _, err := range reported.Errors(testenv.AnyStage) {
+		var pe *edge.PanicError
+		if !errors.As(err, &pe) {
+			t.Errorf("reported %v, want an *edge.PanicError", err)
+		}
 	}
 }
 

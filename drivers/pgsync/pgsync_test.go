@@ -3,13 +3,11 @@ package pgsync_test
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -67,12 +65,12 @@ func TestDriverConformance(t *testing.T) {
 	connString := testenv.PostgresURL(t)
 	pool := newPool(t, connString)
 	t.Run("Pool", func(t *testing.T) {
-		drivertest.RunDriverTests(t, func(t *testing.T, channel string) edge.Sync {
+		drivertest.RunDriverTests(t, func(tb testing.TB, channel string) edge.Sync {
 			return pgsync.New(pgsync.Options{Pool: pool, Channel: channel})
 		})
 	})
 	t.Run("ConnString", func(t *testing.T) {
-		drivertest.RunDriverTests(t, func(t *testing.T, channel string) edge.Sync {
+		drivertest.RunDriverTests(t, func(tb testing.TB, channel string) edge.Sync {
 			return pgsync.New(pgsync.Options{ConnString: connString, Channel: channel})
 		})
 	})
@@ -80,13 +78,13 @@ func TestDriverConformance(t *testing.T) {
 
 func TestRegistryConformance(t *testing.T) {
 	pool := newPool(t, testenv.PostgresURL(t))
-	drivertest.RunRegistryTests(t, func(t *testing.T) edge.Registry {
-		scope := testenv.Channel(t)
+	drivertest.RunRegistryTests(t, func(tb testing.TB) edge.Registry {
+		scope := testenv.Channel(tb)
 		r, err := pgsync.NewRegistry(pgsync.RegistryOptions{Pool: pool, Channel: scope})
 		if err != nil {
-			t.Fatalf("NewRegistry: %v", err)
+			tb.Fatalf("NewRegistry: %v", err)
 		}
-		t.Cleanup(func() { deleteScope(t, pool, scope) })
+		tb.Cleanup(func() { deleteScope(tb, pool, scope) })
 		return r
 	})
 }
@@ -101,83 +99,18 @@ func deleteScope(t testing.TB, pool *pgxpool.Pool, scope string) {
 	}
 }
 
-// reports records what a driver or a Hub reports.
-type reports struct {
-	mu     sync.Mutex
-	list   []report
-	notify chan struct{}
-}
-
-type report struct {
-	err   error
-	stage edge.Stage
-}
-
-func newReports() *reports { return &reports{notify: make(chan struct{}, 1)} }
-
-func (r *reports) report(err error, stage edge.Stage) {
-	r.mu.Lock()
-	r.list = append(r.list, report{err, stage})
-	r.mu.Unlock()
-	select {
-	case r.notify <- struct{}{}:
-	default:
-	}
-}
-
-func (r *reports) onError(err error, info edge.ErrorInfo) { r.report(err, info.Stage) }
-
-// all returns every report so far, for a failure message.
-func (r *reports) all() []report {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]report(nil), r.list...)
-}
-
-func (rep report) String() string { return fmt.Sprintf("%s: %v", rep.stage, rep.err) }
-
-// of returns the errors reported at stage.
-func (r *reports) of(stage edge.Stage) []error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var errs []error
-	for _, rep := range r.list {
-		if rep.stage == stage {
-			errs = append(errs, rep.err)
-		}
-	}
-	return errs
-}
-
-// wait waits until n errors have been reported at stage and returns them.
-func (r *reports) wait(t testing.TB, stage edge.Stage, n int) []error {
-	t.Helper()
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	for {
-		if errs := r.of(stage); len(errs) >= n {
-			return errs
-		}
-		select {
-		case <-r.notify:
-		case <-timer.C:
-			t.Fatalf("timed out waiting for %d reports at stage %s; got %q", n, stage, r.of(stage))
-		}
-	}
-}
-
 // listener is a driver subscribed on its own, as a Hub would run it.
 type listener struct {
 	id      string
 	driver  edge.Driver
 	inbox   chan edge.Message
-	reports *reports
+	reports *testenv.ErrorLog
 }
 
 func newListener(t testing.TB, opts pgsync.Options) *listener {
 	t.Helper()
-	l := &listener{id: edge.NewID(), inbox: make(chan edge.Message, 1024), reports: newReports()}
-	d, err := pgsync.New(opts)(edge.Instance{ID: l.id, Report: l.reports.report})
+	l := &listener{id: edge.NewID(), inbox: make(chan edge.Message, 1024), reports: testenv.NewErrorLog()}
+	d, err := pgsync.New(opts)(edge.Instance{ID: l.id, Report: l.reports.Report})
 	if err != nil {
 		t.Fatalf("building the driver: %v", err)
 	}
@@ -202,7 +135,7 @@ func (l *listener) next(t testing.TB) edge.Message {
 	case m := <-l.inbox:
 		return m
 	case <-time.After(waitTimeout):
-		t.Fatalf("no message received in %v; reports: %v", waitTimeout, l.reports.all())
+		t.Fatalf("no message received in %v; reports: %v", waitTimeout, l.reports)
 		return edge.Message{}
 	}
 }
@@ -327,10 +260,10 @@ func (e *endpoint) next(t testing.TB) edge.Data {
 	}
 }
 
-func newHub(t testing.TB, sync edge.Sync) (*edge.Hub, *reports) {
+func newHub(t testing.TB, sync edge.Sync) (*edge.Hub, *testenv.ErrorLog) {
 	t.Helper()
-	rep := newReports()
-	hub, err := edge.New(edge.Options{Sync: sync, OnError: rep.onError})
+	rep := testenv.NewErrorLog()
+	hub, err := edge.New(edge.Options{Sync: sync, OnError: rep.OnError})
 	if err != nil {
 		t.Fatalf("edge.New: %v", err)
 	}
@@ -374,9 +307,9 @@ func TestLargeMessages(t *testing.T) {
 	if stored != 3 {
 		t.Errorf("%d payloads stored, want 3 (all but the one under the NOTIFY limit)", stored)
 	}
-	for _, r := range []*reports{aReports, bReports} {
-		if all := r.all(); len(all) > 0 {
-			t.Errorf("reported: %v", all)
+	for _, r := range []*testenv.ErrorLog{aReports, bReports} {
+		if r.Count(testenv.AnyStage) > 0 {
+			t.Errorf("reported: %v", r)
 		}
 	}
 }
@@ -440,9 +373,9 @@ func TestMaxMessageBytesOutbound(t *testing.T) {
 func TestRetention(t *testing.T) {
 	pool := newPool(t, testenv.PostgresURL(t))
 	channel, otherChannel := testenv.Channel(t), testenv.Channel(t)
-	rep := newReports()
+	rep := testenv.NewErrorLog()
 	d, err := pgsync.New(pgsync.Options{Pool: pool, Channel: channel, LargePayloadRetention: time.Hour})(
-		edge.Instance{ID: edge.NewID(), Report: rep.report})
+		edge.Instance{ID: edge.NewID(), Report: rep.Report})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,7 +432,7 @@ func TestRetention(t *testing.T) {
 	if old, all := count(channel, "1 hour"), count(channel, "0s"); old != 0 || all != 2 {
 		t.Errorf("after a publish due to clean up, %d old rows of %d, want 0 of 2", old, all)
 	}
-	if errs := rep.of(edge.StagePublish); len(errs) > 0 {
+	if errs := rep.Errors(edge.StagePublish); len(errs) > 0 {
 		t.Errorf("reported: %q", errs)
 	}
 }
@@ -529,7 +462,7 @@ func TestDroppedNotifications(t *testing.T) {
 	// Notifications arrive in order: once the valid one is delivered,
 	// every bad one has been handled.
 	wantMessage(t, l.next(t), valid)
-	errs := l.reports.of(edge.StageDelivery)
+	errs := l.reports.Errors(edge.StageDelivery)
 	if len(errs) != len(bad) {
 		t.Fatalf("%d reports at stage delivery, want %d: %q", len(errs), len(bad), errs)
 	}
@@ -544,7 +477,7 @@ func TestDroppedNotifications(t *testing.T) {
 	if !strings.Contains(errs[6].Error(), "MaxMessageBytes") {
 		t.Errorf("report for an oversized notification: %v, want one naming MaxMessageBytes", errs[6])
 	}
-	if n := len(l.reports.of(edge.StageSubscribe)); n != 0 {
+	if n := l.reports.Count(edge.StageSubscribe); n != 0 {
 		t.Errorf("%d reports at stage subscribe, want none", n)
 	}
 	select {
@@ -555,29 +488,8 @@ func TestDroppedNotifications(t *testing.T) {
 	l.publish(t, valid) // the listener is still healthy
 }
 
-// vectors are the envelopes crossws itself encoded.
-type vectors struct {
-	Encode []struct {
-		Name      string `json:"name"`
-		ID        string `json:"id"`
-		Namespace string `json:"namespace"`
-		Topic     string `json:"topic"`
-		Binary    bool   `json:"binary"`
-		DataText  string `json:"data_text"`
-		DataHex   string `json:"data_hex"`
-		Wire      string `json:"wire"`
-	} `json:"encode"`
-}
-
 func TestCrosswsInterop(t *testing.T) {
-	raw, err := os.ReadFile("../../envelope/testdata/crossws-envelope.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v vectors
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
+	vectors := testenv.CrosswsVectors(t)
 	connString := testenv.PostgresURL(t)
 	pool := newPool(t, connString)
 	channel := testenv.Channel(t)
@@ -608,17 +520,9 @@ func TestCrosswsInterop(t *testing.T) {
 		}
 	}
 
-	for _, vec := range v.Encode {
+	for _, vec := range vectors.Encode {
 		t.Run(vec.Name, func(t *testing.T) {
-			data := edge.Text(vec.DataText)
-			if vec.Binary {
-				b, err := hex.DecodeString(vec.DataHex)
-				if err != nil {
-					t.Fatal(err)
-				}
-				data = edge.Binary(b)
-			}
-			want := edge.Message{Namespace: vec.Namespace, Topic: vec.Topic, Data: data}
+			want := vec.Message
 
 			// crossws → edgesync
 			notify(t, pool, channel, vec.Wire)
@@ -691,7 +595,7 @@ func TestReconnect(t *testing.T) {
 			if _, err := pool.Exec(testCtx(t), "SELECT pg_terminate_backend($1)", pid); err != nil {
 				t.Fatal(err)
 			}
-			rep.wait(t, edge.StageSubscribe, 1)
+			rep.Await(t, edge.StageSubscribe, 0, waitTimeout)
 
 			// Publish probes until one arrives: what is published while
 			// nobody listens is lost, by design.
@@ -705,7 +609,7 @@ func TestReconnect(t *testing.T) {
 				case <-tick.C:
 					continue
 				case <-deadline:
-					t.Fatalf("no message after the listener was terminated; reports: %v", rep.all())
+					t.Fatalf("no message after the listener was terminated; reports: %v", rep)
 				}
 				break
 			}
@@ -715,7 +619,7 @@ func TestReconnect(t *testing.T) {
 			if newPID := listenerPID(t, pool, channel); newPID == pid {
 				t.Errorf("the listening connection is still pid %d", pid)
 			}
-			if errs := rep.of(edge.StageSubscribe); len(errs) != 1 {
+			if errs := rep.Errors(edge.StageSubscribe); len(errs) != 1 {
 				t.Errorf("%d reports at stage subscribe, want 1 for one outage: %q", len(errs), errs)
 			}
 		})
@@ -731,14 +635,14 @@ func TestUnreachable(t *testing.T) {
 	ln.Close() // nothing listens there now
 	connString := "postgres://postgres@" + addr + "/test?sslmode=disable&connect_timeout=5"
 
-	rep := newReports()
-	hub, err := edge.New(edge.Options{Sync: pgsync.New(pgsync.Options{ConnString: connString, Channel: "unreachable"}), OnError: rep.onError})
+	rep := testenv.NewErrorLog()
+	hub, err := edge.New(edge.Options{Sync: pgsync.New(pgsync.Options{ConnString: connString, Channel: "unreachable"}), OnError: rep.OnError})
 	if err != nil {
 		t.Fatalf("edge.New: %v, want a Hub that delivers locally", err)
 	}
-	errs := rep.wait(t, edge.StageSubscribe, 1)
-	if !strings.Contains(errs[0].Error(), addr) && !strings.Contains(errs[0].Error(), "refused") {
-		t.Logf("subscribe error: %v", errs[0])
+	err = rep.Await(t, edge.StageSubscribe, 0, waitTimeout)
+	if !strings.Contains(err.Error(), addr) && !strings.Contains(err.Error(), "refused") {
+		t.Logf("subscribe error: %v", err)
 	}
 
 	_, ep := join(t, hub, "/n", "t")
@@ -749,7 +653,7 @@ func TestUnreachable(t *testing.T) {
 	if got := ep.next(t); got.String() != "local" {
 		t.Errorf("received %q, want %q", got.String(), "local")
 	}
-	rep.wait(t, edge.StagePublish, 1) // the relay failed, and said so
+	rep.Await(t, edge.StagePublish, 0, waitTimeout) // the relay failed, and said so
 	if err := hub.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
@@ -822,8 +726,7 @@ func TestLargeMessageWithoutCreatePrivilege(t *testing.T) {
 	if err := a.Publish(testCtx(t), big); err != nil {
 		t.Fatal(err)
 	}
-	errs := aReports.wait(t, edge.StagePublish, 1)
-	msg := errs[0].Error()
+	msg := aReports.Await(t, edge.StagePublish, 0, waitTimeout).Error()
 	for _, want := range []string{"8000", "permission denied", "Migrate", "GRANT CREATE"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q does not mention %q", msg, want)
@@ -855,7 +758,7 @@ func TestLargeMessageWithoutCreatePrivilege(t *testing.T) {
 	if got := ep.next(t); got.String() != big.Data.String() {
 		t.Fatalf("received %d bytes, want the large message", len(got.Bytes))
 	}
-	if errs := aReports.of(edge.StagePublish); len(errs) != 1 {
+	if errs := aReports.Errors(edge.StagePublish); len(errs) != 1 {
 		t.Errorf("reports at stage publish: %q, want only the first", errs)
 	}
 }
@@ -979,7 +882,7 @@ func TestPingWhenQuiet(t *testing.T) {
 			t.Fatal("the quiet listener never pinged")
 		}
 	}
-	if all := rep.all(); len(all) > 0 {
-		t.Errorf("reported: %v", all)
+	if rep.Count(testenv.AnyStage) > 0 {
+		t.Errorf("reported: %v", rep)
 	}
 }

@@ -1,14 +1,12 @@
 package redissync_test
 
 import (
+	"bytes"
 	"cmp"
 	"context"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -56,15 +54,15 @@ func ctxFor(t testing.TB) context.Context {
 
 func TestDriverConformance(t *testing.T) {
 	client := newClient(t)
-	drivertest.RunDriverTests(t, func(t *testing.T, channel string) edge.Sync {
+	drivertest.RunDriverTests(t, func(tb testing.TB, channel string) edge.Sync {
 		return redissync.New(redissync.Options{Client: client, Channel: channel})
 	})
 }
 
 func TestRegistryConformance(t *testing.T) {
 	client := newClient(t)
-	drivertest.RunRegistryTests(t, func(t *testing.T) edge.Registry {
-		return newRegistry(t, client, testenv.Channel(t))
+	drivertest.RunRegistryTests(t, func(tb testing.TB) edge.Registry {
+		return newRegistry(tb, client, testenv.Channel(tb))
 	})
 }
 
@@ -77,65 +75,11 @@ func newRegistry(t testing.TB, client redis.UniversalClient, channel string) *re
 	return r
 }
 
-// errorLog records what a Hub reports to OnError.
-type errorLog struct {
-	mu     sync.Mutex
-	errs   []reported
-	notify chan struct{}
-}
-
-type reported struct {
-	err   error
-	stage edge.Stage
-}
-
-func newErrorLog() *errorLog { return &errorLog{notify: make(chan struct{}, 1)} }
-
-func (l *errorLog) onError(err error, info edge.ErrorInfo) {
-	l.mu.Lock()
-	l.errs = append(l.errs, reported{err, info.Stage})
-	l.mu.Unlock()
-	select {
-	case l.notify <- struct{}{}:
-	default:
-	}
-}
-
-// at returns the errors reported at stage.
-func (l *errorLog) at(stage edge.Stage) []error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var errs []error
-	for _, r := range l.errs {
-		if r.stage == stage {
-			errs = append(errs, r.err)
-		}
-	}
-	return errs
-}
-
-// waitAt waits until n errors have been reported at stage.
-func (l *errorLog) waitAt(t *testing.T, stage edge.Stage, n int) []error {
-	t.Helper()
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	for {
-		if errs := l.at(stage); len(errs) >= n {
-			return errs
-		}
-		select {
-		case <-l.notify:
-		case <-timer.C:
-			t.Fatalf("timed out waiting for %d errors at stage %s; got %v", n, stage, l.at(stage))
-		}
-	}
-}
-
 // newHub starts a Hub relaying through Redis on channel, closed when t ends.
-func newHub(t *testing.T, opts redissync.Options) (*edge.Hub, *errorLog) {
+func newHub(t *testing.T, opts redissync.Options) (*edge.Hub, *testenv.ErrorLog) {
 	t.Helper()
-	log := newErrorLog()
-	hub, err := edge.New(edge.Options{Sync: redissync.New(opts), OnError: log.onError})
+	log := testenv.NewErrorLog()
+	hub, err := edge.New(edge.Options{Sync: redissync.New(opts), OnError: log.OnError})
 	if err != nil {
 		t.Fatalf("edge.New: %v", err)
 	}
@@ -279,7 +223,7 @@ func TestStrangerPayloads(t *testing.T) {
 	if got.hasPrefix("xxxx") {
 		t.Error("the oversized payload was delivered")
 	}
-	errs := bLog.at(edge.StageDelivery)
+	errs := bLog.Errors(edge.StageDelivery)
 	var nMalformed, nLarge int
 	for _, err := range errs {
 		switch {
@@ -292,38 +236,9 @@ func TestStrangerPayloads(t *testing.T) {
 	if nMalformed != len(malformed) || nLarge != 1 || len(errs) != len(malformed)+1 {
 		t.Errorf("reported at StageDelivery: %v; want %d malformed envelopes and 1 oversized payload", errs, len(malformed))
 	}
-	if errs := bLog.at(edge.StageSubscribe); len(errs) > 0 {
+	if errs := bLog.Errors(edge.StageSubscribe); len(errs) > 0 {
 		t.Errorf("reported at StageSubscribe: %v", errs)
 	}
-}
-
-type crosswsVector struct {
-	Name      string `json:"name"`
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Topic     string `json:"topic"`
-	Binary    bool   `json:"binary"`
-	DataText  string `json:"data_text"`
-	DataHex   string `json:"data_hex"`
-	Wire      string `json:"wire"`
-}
-
-func crosswsVectors(t *testing.T) []crosswsVector {
-	t.Helper()
-	raw, err := os.ReadFile("../../envelope/testdata/crossws-envelope.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var file struct {
-		Encode []crosswsVector `json:"encode"`
-	}
-	if err := json.Unmarshal(raw, &file); err != nil {
-		t.Fatal(err)
-	}
-	if len(file.Encode) == 0 {
-		t.Fatal("no encode vectors")
-	}
-	return file.Encode
 }
 
 // A Node crossws instance on the same channel interoperates: what it
@@ -334,38 +249,34 @@ func TestCrosswsInterop(t *testing.T) {
 	client := newClient(t)
 	channel := testenv.Channel(t)
 	hub, log := newHub(t, redissync.Options{Client: client, Channel: channel})
-	vectors := crosswsVectors(t)
+	vectors := testenv.CrosswsVectors(t).Encode
 	ctx := ctxFor(t)
 
 	// A member in namespace "/_ws" receives what is published to every
 	// namespace.
-	address := func(v crosswsVector) string { return cmp.Or(v.Namespace, "/_ws") + " " + v.Topic }
+	address := func(v testenv.EncodeVector) string {
+		return cmp.Or(v.Message.Namespace, "/_ws") + " " + v.Message.Topic
+	}
 	sinks := map[string]*sink{}
 	for _, v := range vectors {
 		if v.ID == hub.ID() {
 			t.Fatal("the vector's id is the hub's")
 		}
 		if sinks[address(v)] == nil {
-			sinks[address(v)] = join(t, hub, cmp.Or(v.Namespace, "/_ws"), v.Topic)
+			sinks[address(v)] = join(t, hub, cmp.Or(v.Message.Namespace, "/_ws"), v.Message.Topic)
 		}
 		if err := client.Publish(ctx, channel, v.Wire).Err(); err != nil {
 			t.Fatalf("raw PUBLISH: %v", err)
 		}
 	}
 	for _, v := range vectors {
-		data := []byte(v.DataText)
-		if v.Binary {
-			var err error
-			if data, err = hex.DecodeString(v.DataHex); err != nil {
-				t.Fatalf("%s: %v", v.Name, err)
-			}
-		}
+		want := v.Message.Data
 		s := sinks[address(v)]
 		s.waitFor(t, "vector "+v.Name, func() bool {
-			return s.find(func(d edge.Data) bool { return d.Binary == v.Binary && string(d.Bytes) == string(data) })
+			return s.find(func(d edge.Data) bool { return d.Binary == want.Binary && bytes.Equal(d.Bytes, want.Bytes) })
 		})
 	}
-	if errs := log.at(edge.StageDelivery); len(errs) > 0 {
+	if errs := log.Errors(edge.StageDelivery); len(errs) > 0 {
 		t.Errorf("reported at StageDelivery: %v", errs)
 	}
 
@@ -376,7 +287,9 @@ func TestCrosswsInterop(t *testing.T) {
 	if _, err := raw.Receive(ctx); err != nil { // the subscription's confirmation
 		t.Fatalf("raw SUBSCRIBE: %v", err)
 	}
-	publish(t, hub, v.Namespace, v.Topic, v.DataText)
+	if err := hub.Publish(ctx, v.Message); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
 	msg, err := raw.ReceiveMessage(ctx)
 	if err != nil {
 		t.Fatalf("raw receive: %v", err)
@@ -484,14 +397,13 @@ func TestResubscribeAfterClientKill(t *testing.T) {
 	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
 
 	killPubSub(t, admin, opt.ClientName)
-	errs := bLog.waitAt(t, edge.StageSubscribe, 1)
-	t.Logf("reported: %v", errs[0])
+	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
 	relayUntilDelivered(t, a, got, "/ns", "t")
 	stop()
-	if errs := bLog.at(edge.StageSubscribe); len(errs) != 1 {
+	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
 	}
-	if errs := bLog.at(edge.StageDelivery); len(errs) > 0 {
+	if errs := bLog.Errors(edge.StageDelivery); len(errs) > 0 {
 		t.Errorf("reported at StageDelivery: %v", errs)
 	}
 	if err := bClient.Ping(ctxFor(t)).Err(); err != nil {
@@ -571,11 +483,11 @@ func TestResubscribeAfterServerRestart(t *testing.T) {
 	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
 
 	server.stop()
-	bLog.waitAt(t, edge.StageSubscribe, 1)
+	bLog.Await(t, edge.StageSubscribe, 0, waitTimeout)
 	startRedis(t, path, port)
 	relayUntilDelivered(t, a, got, "/ns", "t")
 	stop()
-	if errs := bLog.at(edge.StageSubscribe); len(errs) != 1 {
+	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
 	}
 }
@@ -586,8 +498,7 @@ func TestUnreachableAtStart(t *testing.T) {
 	t.Parallel()
 	client := openClient(t, &redis.Options{Addr: "127.0.0.1:" + freePort(t)})
 	hub, log := newHub(t, redissync.Options{Client: client, Channel: testenv.Channel(t)})
-	errs := log.waitAt(t, edge.StageSubscribe, 1)
-	t.Logf("reported: %v", errs[0])
+	t.Logf("reported: %v", log.Await(t, edge.StageSubscribe, 0, waitTimeout))
 
 	got := join(t, hub, "/ns", "t")
 	publish(t, hub, "/ns", "t", "local")
@@ -868,11 +779,11 @@ func TestSilentConnectionIsReplaced(t *testing.T) {
 	channel := testenv.Channel(t)
 
 	a, _ := newHub(t, redissync.Options{Client: direct, Channel: channel})
-	bLog := newErrorLog()
+	bLog := testenv.NewErrorLog()
 	const ping = 100 * time.Millisecond
 	b, err := edge.New(edge.Options{
 		Sync:    redissync.NewWithPingInterval(redissync.Options{Client: viaProxy, Channel: channel}, ping),
-		OnError: bLog.onError,
+		OnError: bLog.OnError,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -883,11 +794,10 @@ func TestSilentConnectionIsReplaced(t *testing.T) {
 	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
 
 	p.freeze()
-	errs := bLog.waitAt(t, edge.StageSubscribe, 1)
-	t.Logf("reported: %v", errs[0])
+	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
 	relayUntilDelivered(t, a, got, "/ns", "t")
 	stop()
-	if errs := bLog.at(edge.StageSubscribe); len(errs) != 1 {
+	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
 	}
 }

@@ -1,5 +1,7 @@
 // Package testenv finds the services that edgesync's tests run against and
-// names their channels.
+// names their channels. It also holds what the tests of several packages
+// share: an ErrorLog that records reported errors, and the crossws envelope
+// vectors.
 //
 // A test that needs Redis or Postgres asks for its URL here. When the server
 // does not answer, the test is skipped with a one-line reason, unless

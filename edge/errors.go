@@ -19,6 +19,10 @@ var (
 
 	// ErrInvalidTopic is returned for an empty topic.
 	ErrInvalidTopic = errors.New("edge: topic must not be empty")
+
+	// ErrInvalidText is returned for text Data that is not valid UTF-8,
+	// which a WebSocket text frame must be.
+	ErrInvalidText = errors.New("edge: text data is not valid UTF-8")
 )
 
 // PanicError is what a recovered panic becomes when it is reported: a panic in

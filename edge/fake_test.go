@@ -14,6 +14,7 @@ type fakeDriver struct {
 	publishErr    error
 	publishPanics bool
 	block         chan struct{} // when set, Publish waits for it to close
+	honourCtx     bool          // while blocked, give up when ctx is done
 	entered       chan struct{} // signalled each time Publish starts
 
 	mu      sync.Mutex
@@ -41,7 +42,15 @@ func (d *fakeDriver) Publish(ctx context.Context, msg edge.Message) error {
 func (d *fakeDriver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 	d.entered <- struct{}{}
 	if d.block != nil {
-		<-d.block
+		if d.honourCtx {
+			select {
+			case <-d.block:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		} else {
+			<-d.block
+		}
 	}
 	if d.publishPanics {
 		panic("driver bug")

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Defaults for the zero values of Options.
@@ -29,7 +30,8 @@ type Options struct {
 	// Gateway reaches peers held outside this process. nil means none.
 	Gateway Gateway
 	// OnError receives every backplane error with its stage. nil logs
-	// with slog.Error. It must not block for long.
+	// with slog.Error. It must not block for long, and must not call
+	// Close: it may run on the Hub's relay goroutine, which Close waits for.
 	OnError func(err error, info ErrorInfo)
 
 	// QueueSize bounds the outbound relay queue, and the Gateway's
@@ -59,7 +61,7 @@ type Hub struct {
 	maxBatch       int
 	publishTimeout time.Duration
 
-	relayQueue   chan Message
+	relayQueue   chan relayJob
 	gatewayQueue chan gatewayJob
 	pending      tracker
 	workers      sync.WaitGroup
@@ -75,9 +77,18 @@ type Hub struct {
 	published, relayed, received, dropped, errs atomic.Uint64
 }
 
+// relayJob is a message queued for the driver, with the Flush epoch it
+// belongs to.
+type relayJob struct {
+	msg   Message
+	epoch *epoch
+}
+
+// gatewayJob is a message queued for the Gateway.
 type gatewayJob struct {
 	msg    Message
 	except string
+	epoch  *epoch
 }
 
 // New starts a Hub. It builds the driver with opts.Sync, returning its error,
@@ -104,7 +115,7 @@ func New(opts Options) (*Hub, error) {
 			return nil, fmt.Errorf("edge: sync: %w", err)
 		}
 		h.driver = d
-		h.relayQueue = make(chan Message, queueSize)
+		h.relayQueue = make(chan relayJob, queueSize)
 		h.workers.Add(1)
 		go h.relay()
 		if err := h.subscribe(); err != nil {
@@ -144,8 +155,8 @@ func (h *Hub) ID() string { return h.id }
 // rest of the cluster. An empty msg.Namespace reaches every namespace.
 //
 // Publish does not wait for the network: relays are queued and their failures
-// go to OnError. It returns an error only for an invalid message, a closed Hub
-// or a ctx already done.
+// go to OnError. It returns an error only for an invalid message (an empty
+// topic, text that is not UTF-8), a closed Hub or a ctx already done.
 func (h *Hub) Publish(ctx context.Context, msg Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -156,6 +167,9 @@ func (h *Hub) Publish(ctx context.Context, msg Message) error {
 func (h *Hub) publish(msg Message, from *Member) error {
 	if msg.Topic == "" {
 		return ErrInvalidTopic
+	}
+	if !msg.Data.Binary && !utf8.Valid(msg.Data.Bytes) {
+		return ErrInvalidText
 	}
 	h.mu.RLock()
 	if h.closed {
@@ -171,20 +185,20 @@ func (h *Hub) publish(msg Message, from *Member) error {
 		if from != nil {
 			except = from.id
 		}
-		h.pending.add(1)
+		e := h.pending.add()
 		select {
-		case h.gatewayQueue <- gatewayJob{msg, except}:
+		case h.gatewayQueue <- gatewayJob{msg, except, e}:
 		default:
-			h.pending.done(1)
+			h.pending.done(e)
 			h.drop()
 		}
 	}
 	if h.relayQueue != nil {
-		h.pending.add(1)
+		e := h.pending.add()
 		select {
-		case h.relayQueue <- msg:
+		case h.relayQueue <- relayJob{msg, e}:
 		default:
-			h.pending.done(1)
+			h.pending.done(e)
 			h.drop()
 		}
 	}
@@ -220,12 +234,18 @@ func (h *Hub) fanOutSet(set *memberSet, d Data, from *Member) {
 }
 
 // deliverTo hands d to one member, isolating the others from its panic.
+// The first panic of a member's endpoint removes it from the hub, reports
+// and closes it, on a goroutine of its own: h.mu is held for reading here,
+// and OnError may call back into the Hub.
 func (h *Hub) deliverTo(m *Member, d Data) {
 	defer func() {
-		if v := recover(); v != nil {
+		if v := recover(); v != nil && m.broken.CompareAndSwap(false, true) {
 			err := &PanicError{Value: v, Stack: debug.Stack()}
-			h.report(err, StageDelivery)
-			go m.closeEndpoint(StatusInternalError, "internal error")
+			go func() {
+				m.Leave()
+				h.report(err, StageDelivery)
+				m.closeEndpoint(StatusInternalError, "internal error")
+			}()
 		}
 	}()
 	m.ep.Deliver(d)
@@ -256,41 +276,56 @@ func (h *Hub) receive(msg Message) {
 func (h *Hub) relay() {
 	defer h.workers.Done()
 	bd, canBatch := h.driver.(BatchDriver)
+	jobs := make([]relayJob, 0, h.maxBatch)
 	batch := make([]Message, 0, h.maxBatch)
 	for {
 		select {
 		case <-h.ctx.Done():
 			return
-		case msg := <-h.relayQueue:
-			batch = append(batch[:0], msg)
+		case job := <-h.relayQueue:
+			jobs = append(jobs[:0], job)
 		fill:
-			for len(batch) < h.maxBatch {
+			for len(jobs) < h.maxBatch {
 				select {
-				case msg := <-h.relayQueue:
-					batch = append(batch, msg)
+				case job := <-h.relayQueue:
+					jobs = append(jobs, job)
 				default:
 					break fill
 				}
 			}
-			var err error
+			batch = batch[:0]
+			for _, job := range jobs {
+				batch = append(batch, job.msg)
+			}
 			if canBatch && len(batch) > 1 {
-				err = h.call(func(ctx context.Context) error { return bd.PublishBatch(ctx, batch) })
+				err := h.call(func(ctx context.Context) error { return bd.PublishBatch(ctx, batch) })
+				h.relayed.Add(h.settle(err, len(batch)))
 			} else {
 				for _, msg := range batch {
-					if e := h.call(func(ctx context.Context) error { return h.driver.Publish(ctx, msg) }); e != nil {
-						err = e
-					}
+					err := h.call(func(ctx context.Context) error { return h.driver.Publish(ctx, msg) })
+					h.relayed.Add(h.settle(err, 1))
 				}
 			}
-			if err != nil {
-				h.report(err, StagePublish)
-			} else {
-				h.relayed.Add(uint64(len(batch)))
+			for _, job := range jobs {
+				h.pending.done(job.epoch)
 			}
-			clear(batch) // let the payloads go
-			h.pending.done(len(batch))
+			clear(jobs) // let the payloads go
+			clear(batch)
 		}
 	}
+}
+
+// settle reports the error of an outbound call for n messages and returns
+// how many went out. The failure of a call that Close interrupted is not
+// the backplane's.
+func (h *Hub) settle(err error, n int) uint64 {
+	if err == nil {
+		return uint64(n)
+	}
+	if h.ctx.Err() == nil {
+		h.report(err, StagePublish)
+	}
+	return 0
 }
 
 func (h *Hub) deliverToGateway() {
@@ -301,10 +336,8 @@ func (h *Hub) deliverToGateway() {
 			return
 		case job := <-h.gatewayQueue:
 			err := h.call(func(ctx context.Context) error { return h.gateway.Deliver(ctx, job.msg, job.except) })
-			if err != nil {
-				h.report(err, StagePublish)
-			}
-			h.pending.done(1)
+			h.settle(err, 1)
+			h.pending.done(job.epoch)
 		}
 	}
 }
@@ -318,10 +351,18 @@ func (h *Hub) call(fn func(ctx context.Context) error) (err error) {
 }
 
 // Flush waits until every message published before the call has been handed
-// to the Driver and the Gateway, or ctx is done. A Lambda handler calls it
-// before it returns, because a frozen function runs no goroutine.
+// to the Driver and the Gateway (or dropped), or ctx is done. Messages
+// published meanwhile do not hold it up. A Lambda handler calls it before it
+// returns, because a frozen function runs no goroutine.
 func (h *Hub) Flush(ctx context.Context) error {
-	return h.pending.wait(ctx, h.ctx.Done())
+	select {
+	case <-h.pending.flush():
+		return nil
+	case <-h.ctx.Done():
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Close closes every peer held in this process (status 1001), then closes
@@ -342,7 +383,9 @@ func (h *Hub) Close() error {
 	h.mu.Unlock()
 
 	for _, m := range members {
-		m.closeEndpoint(StatusGoingAway, "going away")
+		if !m.broken.Load() { // a broken member is closed with 1011
+			m.closeEndpoint(StatusGoingAway, "going away")
+		}
 	}
 	h.cancel()
 	h.workers.Wait()
@@ -433,45 +476,73 @@ func recoverInto(err *error) {
 	}
 }
 
-// tracker counts work in flight, for Flush.
+// tracker counts work in flight, for Flush. Work is counted in epochs: each
+// Flush closes the current epoch and waits until it, and every epoch before
+// it, has no work left, so that work queued after the Flush cannot hold it
+// up.
 type tracker struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to zero; nil while n is zero
+	mu  sync.Mutex
+	cur *epoch
 }
 
-func (t *tracker) add(n int) {
-	t.mu.Lock()
-	if t.n == 0 {
-		t.idle = make(chan struct{})
-	}
-	t.n += n
-	t.mu.Unlock()
+// epoch is the work queued between two Flush calls.
+type epoch struct {
+	pending   int
+	sealed    bool          // a Flush has closed it: no more work joins it
+	prevDone  bool          // every earlier epoch is done
+	done      chan struct{} // closed when sealed, prevDone and pending is 0
+	next      *epoch
+	finalized bool
 }
 
-func (t *tracker) done(n int) {
-	t.mu.Lock()
-	t.n -= n
-	if t.n == 0 {
-		close(t.idle)
-		t.idle = nil
-	}
-	t.mu.Unlock()
+func newEpoch(prevDone bool) *epoch {
+	return &epoch{prevDone: prevDone, done: make(chan struct{})}
 }
 
-func (t *tracker) wait(ctx context.Context, closed <-chan struct{}) error {
+// add counts one piece of work in the current epoch and returns the epoch,
+// for done.
+func (t *tracker) add() *epoch {
 	t.mu.Lock()
-	idle := t.idle
-	t.mu.Unlock()
-	if idle == nil {
-		return nil
+	defer t.mu.Unlock()
+	if t.cur == nil {
+		t.cur = newEpoch(true)
 	}
-	select {
-	case <-idle:
-		return nil
-	case <-closed:
-		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
+	t.cur.pending++
+	return t.cur
+}
+
+// done counts one piece of work of e as finished.
+func (t *tracker) done(e *epoch) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e.pending--
+	t.settle(e)
+}
+
+// flush seals the current epoch and returns a channel closed once the work
+// queued so far is done.
+func (t *tracker) flush() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cur == nil {
+		t.cur = newEpoch(true)
+	}
+	e := t.cur
+	e.sealed = true
+	e.next = newEpoch(false)
+	t.cur = e.next
+	t.settle(e)
+	return e.done
+}
+
+// settle closes e, and the epochs after it, as far as they are done.
+func (t *tracker) settle(e *epoch) {
+	for e != nil && !e.finalized && e.sealed && e.prevDone && e.pending == 0 {
+		e.finalized = true
+		close(e.done)
+		e = e.next
+		if e != nil {
+			e.prevDone = true
+		}
 	}
 }

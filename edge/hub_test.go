@@ -33,8 +33,13 @@ func (b *inbox) Deliver(d edge.Data) {
 	b.got <- d
 }
 
+// Close records the first close status; closing again is a no-op, as
+// for a real connection.
 func (b *inbox) Close(code int, reason string) error {
-	b.closed <- code
+	select {
+	case b.closed <- code:
+	default:
+	}
 	return nil
 }
 
@@ -425,5 +430,109 @@ func TestNewID(t *testing.T) {
 			t.Fatalf("bad id %q", id)
 		}
 		seen[id] = true
+	}
+}
+
+func TestPanickingEndpointLeavesOnce(t *testing.T) {
+	log := testenv.NewErrorLog()
+	var h *edge.Hub
+	h = newHub(t, edge.Options{OnError: func(err error, info edge.ErrorInfo) {
+		h.Stats() // calling back into the hub from OnError is fine
+		log.OnError(err, info)
+	}})
+	bad, badIn := join(t, h, "/ns", "t")
+	badIn.panics = true
+	_, good := join(t, h, "/ns", "t")
+
+	for i := range 100 {
+		h.Publish(context.Background(), edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text(fmt.Sprint(i))})
+		good.next(t)
+		// Subscribing meanwhile takes the hub's write lock while a report
+		// may be in flight.
+		if _, err := h.Join(edge.NewID(), "/ns", newInbox()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if code := <-badIn.closed; code != edge.StatusInternalError {
+		t.Fatalf("close code %d", code)
+	}
+	log.Await(t, edge.StageDelivery, 0, wait)
+	if err := bad.Subscribe("t"); !errors.Is(err, edge.ErrClosed) {
+		t.Fatalf("the broken member is still joined: %v", err)
+	}
+	if n := log.Count(edge.StageDelivery); n != 1 {
+		t.Fatalf("%d reports for one broken endpoint", n)
+	}
+}
+
+func TestInvalidTextIsRefused(t *testing.T) {
+	h := newHub(t, edge.Options{})
+	m, _ := join(t, h, "/ns", "t")
+	bad := edge.Data{Bytes: []byte{0xff, 0xfe}}
+	if err := h.Publish(context.Background(), edge.Message{Topic: "t", Data: bad}); !errors.Is(err, edge.ErrInvalidText) {
+		t.Fatalf("hub publish: %v", err)
+	}
+	if err := m.Publish(context.Background(), "t", bad); !errors.Is(err, edge.ErrInvalidText) {
+		t.Fatalf("peer publish: %v", err)
+	}
+	bad.Binary = true // any bytes are fine in binary
+	if err := m.Publish(context.Background(), "t", bad); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// plainDriver hides fakeDriver's PublishBatch: the hub relays one by one.
+type plainDriver struct{ d *fakeDriver }
+
+func (p plainDriver) Publish(ctx context.Context, msg edge.Message) error {
+	return p.d.Publish(ctx, msg)
+}
+func (p plainDriver) Subscribe(ctx context.Context, deliver func(edge.Message)) error {
+	return p.d.Subscribe(ctx, deliver)
+}
+func (p plainDriver) Close() error { return p.d.Close() }
+
+func TestEveryRelayFailureIsReported(t *testing.T) {
+	d := newFakeDriver()
+	d.block = make(chan struct{})
+	d.publishErr = errors.New("backplane write failed")
+	log := testenv.NewErrorLog()
+	h := newHub(t, edge.Options{
+		Sync:    func(edge.Instance) (edge.Driver, error) { return plainDriver{d}, nil },
+		OnError: log.OnError,
+	})
+	h.Publish(context.Background(), edge.Message{Topic: "t", Data: edge.Text("first")})
+	<-d.entered
+	for i := range 3 { // queued behind the first: relayed one by one
+		h.Publish(context.Background(), edge.Message{Topic: "t", Data: edge.Text(fmt.Sprint(i))})
+	}
+	close(d.block)
+	if err := h.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := log.Count(edge.StagePublish); n != 4 {
+		t.Fatalf("%d failures reported, want 4", n)
+	}
+	if st := h.Stats(); st.Relayed != 0 {
+		t.Fatalf("relayed %d", st.Relayed)
+	}
+}
+
+func TestCloseDuringARelayReportsNothing(t *testing.T) {
+	d := newFakeDriver()
+	d.block = make(chan struct{}) // never closed: Publish waits for its ctx
+	d.honourCtx = true
+	log := testenv.NewErrorLog()
+	h, err := edge.New(edge.Options{Sync: d.sync, OnError: log.OnError})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Publish(context.Background(), edge.Message{Topic: "t", Data: edge.Text("x")})
+	<-d.entered
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := log.Count(edge.StagePublish); n != 0 {
+		t.Fatalf("close reported %d publish errors", n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 )
 
 // WebSocket close statuses the core uses.
@@ -35,6 +36,7 @@ type Member struct {
 	ep        Endpoint
 	topics    map[string]struct{} // guarded by hub.mu
 	left      bool                // guarded by hub.mu
+	broken    atomic.Bool         // its endpoint panicked: it is leaving with 1011
 }
 
 // Join adds a peer held in this process to the Hub. id must be unique in the

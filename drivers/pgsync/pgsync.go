@@ -281,6 +281,12 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 				b.buf = b.buf[:copy(b.buf[start:], b.buf[start+len(env):])+start]
 			}
 			b.seen[h]++
+			if marked := b.buf[start:]; len(marked) >= NotifyPayloadLimit {
+				// The mark made it too large for NOTIFY.
+				b.large = append(b.large, bytes.Clone(marked))
+				b.buf = b.buf[:start]
+				continue
+			}
 		}
 		b.ends = append(b.ends, len(b.buf))
 	}

@@ -335,7 +335,10 @@ func TestPublishBatch(t *testing.T) {
 	same := edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("again")}
 	big := edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text(strings.Repeat("b", 3*pgsync.NotifyPayloadLimit))}
 	other := edge.Message{Namespace: "/n", Topic: "t", Data: edge.Binary([]byte{0, 1, 2})}
-	batch := []edge.Message{same, big, same, other, same, big}
+	// One byte under the NOTIFY limit: the mark of its repeat takes it over.
+	base, _ := envelope.Encode(edge.NewID(), edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("")})
+	near := edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text(strings.Repeat("n", pgsync.NotifyPayloadLimit-1-len(base)))}
+	batch := []edge.Message{same, big, same, other, same, big, near, near}
 	a.publish(t, batch...)
 
 	counts := map[string]int{}

@@ -41,6 +41,11 @@ var (
 	// The peer is then closed with StatusSlowConsumer.
 	ErrSlowConsumer = errors.New("longlived: write queue full, slow consumer closed")
 
+	// ErrMessageTooLarge is reported to Hooks.Error, and returned by
+	// Peer.Send, for a message larger than WriteQueueBytes on its own: it
+	// is dropped, and the peer stays connected.
+	ErrMessageTooLarge = errors.New("longlived: message larger than the write queue, dropped")
+
 	// ErrPingTimeout is reported to Hooks.Error, wrapped with the ping's
 	// own error, when a peer does not answer a ping within PingTimeout.
 	ErrPingTimeout = errors.New("longlived: no pong within the ping timeout")

@@ -570,6 +570,35 @@ func TestSlowConsumer(t *testing.T) {
 	s.expectClosed(t, slowPeer, longlived.StatusSlowConsumer)
 }
 
+func TestMessageLargerThanTheQueueIsDropped(t *testing.T) {
+	s := start(t, edge.Hooks{Open: func(p edge.Peer) {
+		if err := p.Subscribe(context.Background(), "t"); err != nil {
+			panic(err)
+		}
+	}}, func(h *longlived.Handler) { h.WriteQueueBytes = 1000 })
+	c, p := s.dial(t, "/s")
+
+	ctx := context.Background()
+	huge := edge.Text(strings.Repeat("x", 2000))
+	if err := s.hub.Publish(ctx, edge.Message{Namespace: "/s", Topic: "t", Data: huge}); err != nil {
+		t.Fatal(err)
+	}
+	ev := recv(t, s.errs, "Hooks.Error")
+	if !errors.Is(ev.err, longlived.ErrMessageTooLarge) || ev.peer.ID() != p.ID() {
+		t.Fatalf("Hooks.Error(%s, %v), want ErrMessageTooLarge", ev.peer.ID(), ev.err)
+	}
+	if err := p.Send(ctx, huge); !errors.Is(err, longlived.ErrMessageTooLarge) {
+		t.Fatalf("Send: %v", err)
+	}
+	// The peer is still connected and gets what fits.
+	if err := s.hub.Publish(ctx, edge.Message{Namespace: "/s", Topic: "t", Data: edge.Text("small")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, got := read(t, c); got != "small" {
+		t.Fatalf("got %q", got)
+	}
+}
+
 func TestHeartbeat(t *testing.T) {
 	t.Run("unresponsive", func(t *testing.T) {
 		s := start(t, edge.Hooks{}, func(h *longlived.Handler) {

@@ -146,6 +146,13 @@ func (p *peer) enqueue(d edge.Data) error {
 	if p.closing {
 		return ErrPeerClosed
 	}
+	if size > p.h.writeQueueBytes() {
+		// No reader could be fast enough for it: the message is at
+		// fault, not the peer.
+		err := fmt.Errorf("%w: %d bytes", ErrMessageTooLarge, len(d.Bytes))
+		p.goLocked(func() { p.report(err) })
+		return err
+	}
 	if p.queued+size > p.h.writeQueueBytes() {
 		p.closeLocked(StatusSlowConsumer, "slow consumer", true)
 		// Report from a goroutine of its own: the caller may be the Hub

@@ -5,8 +5,8 @@ package edge
 // Bytes is shared, not copied, on its way to every subscriber: it must not be
 // modified once it has been published or sent.
 type Data struct {
-	Bytes  []byte
-	Binary bool
+	Bytes  []byte // the message body
+	Binary bool   // a binary frame; false for a text frame, whose Bytes are UTF-8
 }
 
 // Text returns the text Data holding s.
@@ -24,7 +24,7 @@ func (d Data) String() string { return string(d.Bytes) }
 // message. The empty Namespace means every namespace, and is only meaningful
 // for a server-side publish (Hub.Publish).
 type Message struct {
-	Namespace string
-	Topic     string
-	Data      Data
+	Namespace string // the namespace of the subscribers; "" for every namespace
+	Topic     string // the topic of the subscribers; never empty
+	Data      Data   // the body
 }

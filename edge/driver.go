@@ -36,6 +36,8 @@ type Driver interface {
 // outbound queue holds more than one message.
 type BatchDriver interface {
 	Driver
+	// PublishBatch relays msgs to the other instances, in one round trip
+	// where it can. It must not keep msgs after it returns.
 	PublishBatch(ctx context.Context, msgs []Message) error
 }
 
@@ -66,5 +68,5 @@ const (
 
 // ErrorInfo describes a reported error.
 type ErrorInfo struct {
-	Stage Stage
+	Stage Stage // where the error happened
 }

@@ -18,10 +18,10 @@ type Gateway interface {
 
 // Conn is one gateway-held connection as a Registry keeps it.
 type Conn struct {
-	ID          string
-	Namespace   string
-	Attrs       map[string]string
-	ConnectedAt time.Time
+	ID          string            // the connection id the gateway gave it
+	Namespace   string            // the namespace its peer publishes and subscribes in
+	Attrs       map[string]string // the attributes Hooks.Upgrade set
+	ConnectedAt time.Time         // when it connected
 	// ExpiresAt is when the Registry forgets the connection. The zero
 	// value lets the Registry choose (API Gateway closes a connection after
 	// two hours at most).

@@ -54,10 +54,10 @@ type Options struct {
 	// is Socket + ".lock", in the same directory.
 	Socket string
 
-	// Channel optionally scopes the cluster within the socket: every frame
-	// carries it, and instances drop the frames of other channels. At most
-	// MaxChannelLen bytes. Instances on one channel but different sockets
-	// never meet.
+	// Channel names the cluster: every frame carries it, and instances
+	// drop the frames of other channels, so that several clusters may
+	// share one socket. Required; at most MaxChannelLen bytes. Instances on
+	// one channel but different sockets never meet.
 	Channel string
 
 	// MaxMessageBytes bounds one frame (channel name and envelope).
@@ -111,6 +111,9 @@ func New(opts Options) edge.Sync {
 func (o Options) validate() error {
 	if err := validateSocket(o.Socket); err != nil {
 		return err
+	}
+	if o.Channel == "" {
+		return errors.New("clustersync: Options.Channel is required")
 	}
 	if len(o.Channel) > MaxChannelLen {
 		return fmt.Errorf("clustersync: channel name of %d bytes, limit %d", len(o.Channel), MaxChannelLen)

@@ -138,6 +138,9 @@ func start(t *testing.T, opts Options) instance {
 // build builds a driver without subscribing it, closed when t ends.
 func build(t *testing.T, opts Options) instance {
 	t.Helper()
+	if opts.Channel == "" {
+		opts.Channel = "test"
+	}
 	log := testenv.NewErrorLog()
 	d, err := New(opts)(edge.Instance{ID: edge.NewID(), Report: log.Report})
 	if err != nil {
@@ -188,10 +191,11 @@ func TestNewValidates(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{"no socket", Options{}, "Socket is required"},
+		{"no socket", Options{Channel: "c"}, "Socket is required"},
+		{"no channel", Options{Socket: "/tmp/s"}, "Channel is required"},
 		{"long socket", Options{Socket: "/" + strings.Repeat("s", 200)}, "socket path of 201 bytes"},
 		{"long channel", Options{Socket: "/tmp/s", Channel: strings.Repeat("c", 256)}, "channel name of 256 bytes"},
-		{"queue below one frame", Options{Socket: "/tmp/s", MaxMessageBytes: 1000, MaxQueueBytes: 100}, "MaxQueueBytes"},
+		{"queue below one frame", Options{Socket: "/tmp/s", Channel: "c", MaxMessageBytes: 1000, MaxQueueBytes: 100}, "MaxQueueBytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(tc.opts)(edge.Instance{ID: edge.NewID()})

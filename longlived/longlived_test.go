@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -597,6 +598,31 @@ func TestMessageLargerThanTheQueueIsDropped(t *testing.T) {
 	if _, got := read(t, c); got != "small" {
 		t.Fatalf("got %q", got)
 	}
+}
+
+func TestWriteTimeoutDropsAStuckPeer(t *testing.T) {
+	s := start(t, edge.Hooks{Open: func(p edge.Peer) {
+		if err := p.Subscribe(context.Background(), "t"); err != nil {
+			panic(err)
+		}
+	}}, func(h *longlived.Handler) {
+		h.WriteQueueBytes = 1 << 30 // never a slow consumer: the write itself must time out
+		h.WriteTimeout = 50 * time.Millisecond
+	})
+	_, p := s.dial(t, "/s") // never reads
+
+	// More than the socket buffers between the two ends can hold.
+	chunk := edge.Binary(make([]byte, 64<<10))
+	for range 400 {
+		if err := s.hub.Publish(context.Background(), edge.Message{Namespace: "/s", Topic: "t", Data: chunk}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev := recv(t, s.errs, "Hooks.Error")
+	if !errors.Is(ev.err, os.ErrDeadlineExceeded) || ev.peer.ID() != p.ID() {
+		t.Fatalf("Hooks.Error(%s, %v), want a write deadline exceeded", ev.peer.ID(), ev.err)
+	}
+	s.expectClosed(t, p, 1006)
 }
 
 func TestHeartbeat(t *testing.T) {

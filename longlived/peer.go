@@ -263,9 +263,14 @@ func (p *peer) write(d edge.Data) error {
 	if d.Binary {
 		typ = websocket.MessageBinary
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), p.h.writeTimeout())
-	defer cancel()
-	if err := p.conn.Write(ctx, typ, d.Bytes); err != nil {
+	// A deadline on the connection bounds the write: unlike a context
+	// with a timeout, it costs no allocation per message. It is cleared
+	// after, because coder/websocket's reader writes pongs on the same
+	// connection.
+	_ = p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout()))
+	err := p.conn.Write(context.Background(), typ, d.Bytes)
+	_ = p.raw.SetWriteDeadline(time.Time{})
+	if err != nil {
 		return fmt.Errorf("longlived: write: %w", err)
 	}
 	return nil

@@ -38,13 +38,36 @@ func TestChatProcessesCluster(t *testing.T) {
 	testChatProcesses(t, "-cluster", filepath.Join(dir, "chat.sock"))
 }
 
+// TestChatClusterRelayKilled kills the chat process that relays for the
+// others: the two left elect a new relay and the chat goes on.
+func TestChatClusterRelayKilled(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := chatBinary(t)
+	socket := filepath.Join(dir, "chat.sock")
+	relay := startChat(t, bin, "-cluster", socket) // the first to start relays
+	a := startChat(t, bin, "-cluster", socket)
+	b := startChat(t, bin, "-cluster", socket)
+	ca, cb := dial(t, "ws://"+a.addr+"/_ws"), dial(t, "ws://"+b.addr+"/_ws")
+	stream(t, ca, cb, "before", 100)
+
+	relay.kill(t)
+	awaitRelay(t, ca, cb)
+	stream(t, ca, cb, "after the relay died", 100)
+	stream(t, cb, ca, "and back", 100)
+}
+
 func testChatProcesses(t *testing.T, args ...string) {
 	t.Parallel()
 	bin := chatBinary(t)
 	var clients []*client
 	for range 3 {
-		addr := startChat(t, bin, args...)
-		clients = append(clients, dial(t, "ws://"+addr+"/_ws"), dial(t, "ws://"+addr+"/_ws"))
+		p := startChat(t, bin, args...)
+		clients = append(clients, dial(t, "ws://"+p.addr+"/_ws"), dial(t, "ws://"+p.addr+"/_ws"))
 	}
 	for round, prefix := range []string{"hello", "end"} {
 		for i, c := range clients {
@@ -104,10 +127,26 @@ func TestMain(m *testing.M) {
 
 var listening = regexp.MustCompile(`chat listening addr=(\S+)`)
 
-// startChat starts one chat process on a free port and returns its address
-// once it listens. The process is stopped with SIGTERM at cleanup, and must
-// exit cleanly.
-func startChat(t *testing.T, bin string, args ...string) string {
+// chatProcess is one running chat server.
+type chatProcess struct {
+	addr   string
+	cmd    *exec.Cmd
+	killed bool
+}
+
+// kill ends the process at once, as a crash would.
+func (p *chatProcess) kill(t *testing.T) {
+	t.Helper()
+	p.killed = true
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startChat starts one chat process on a free port and returns it once it
+// listens. Unless killed, the process is stopped with SIGTERM at cleanup,
+// and must exit cleanly.
+func startChat(t *testing.T, bin string, args ...string) *chatProcess {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL=")
@@ -118,6 +157,7 @@ func startChat(t *testing.T, bin string, args ...string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	p := &chatProcess{cmd: cmd}
 	exited := make(chan error, 1)
 	addr := make(chan string, 1)
 	go func() {
@@ -131,18 +171,20 @@ func startChat(t *testing.T, bin string, args ...string) string {
 		exited <- cmd.Wait()
 	}()
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		if err := <-exited; err != nil {
+		if !p.killed {
+			cmd.Process.Signal(syscall.SIGTERM)
+		}
+		if err := <-exited; err != nil && !p.killed {
 			t.Errorf("chat exited: %v", err)
 		}
 	})
 	select {
-	case a := <-addr:
-		return a
+	case p.addr = <-addr:
+		return p
 	case err := <-exited:
 		t.Fatalf("chat exited before listening: %v", err)
 	case <-time.After(wait):
 		t.Fatal("chat did not listen")
 	}
-	return ""
+	return nil
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
+	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -560,17 +562,16 @@ func (d *decoder) build() (id string, m edge.Message, err error) {
 	}
 
 	data := d.fields[fieldData]
-	if d.fields[fieldBinary].kind == trueLit {
+	if d.truthy(d.fields[fieldBinary]) {
 		src := d.buf[data.start:data.end]
 		if data.escaped {
 			src = appendUnquoted(nil, src, !data.nonASCII)
 		}
-		b := make([]byte, base64.StdEncoding.DecodedLen(len(src)))
-		n, err := base64.StdEncoding.Decode(b, src)
+		b, err := forgivingBase64(src)
 		if err != nil {
 			return "", edge.Message{}, malformed("msg.data is not valid base64: %v", err)
 		}
-		m.Data = edge.Data{Bytes: b[:n], Binary: true}
+		m.Data = edge.Data{Bytes: b, Binary: true}
 	} else {
 		m.Data = edge.Data{Bytes: d.appendText(make([]byte, 0, data.end-data.start), data)}
 	}
@@ -584,4 +585,47 @@ func (d *decoder) build() (id string, m edge.Message, err error) {
 	b = d.appendText(b, d.fields[fieldTopic])
 	s := string(b)
 	return s[:i], edge.Message{Namespace: s[i:j], Topic: s[j:], Data: m.Data}, nil
+}
+
+// truthy reports whether v is a value JavaScript takes for true, as crossws
+// reads "binary": true, a non-zero number, a non-empty string, an object or
+// an array. A missing value is false.
+func (d *decoder) truthy(v span) bool {
+	switch v.kind {
+	case trueLit, object, array:
+		return true
+	case str:
+		return v.end > v.start
+	case number:
+		f, _ := strconv.ParseFloat(string(d.buf[v.start:v.end]), 64) // out of range: ±Inf or 0, as in JavaScript
+		return f != 0
+	}
+	return false
+}
+
+// forgivingBase64 decodes src as the browser's atob does, which crossws
+// uses: ASCII white space is ignored, and so is the padding, which may be
+// left out; bits past the last byte need not be zero.
+func forgivingBase64(src []byte) ([]byte, error) {
+	clean := make([]byte, 0, len(src))
+	for _, c := range src {
+		switch c {
+		case ' ', '\t', '\n', '\f', '\r':
+		default:
+			clean = append(clean, c)
+		}
+	}
+	if len(clean)%4 == 0 {
+		clean = bytes.TrimSuffix(clean, []byte("="))
+		clean = bytes.TrimSuffix(clean, []byte("="))
+	}
+	if len(clean)%4 == 1 {
+		return nil, errors.New("its length is not that of base64")
+	}
+	b := make([]byte, base64.RawStdEncoding.DecodedLen(len(clean)))
+	n, err := base64.RawStdEncoding.Decode(b, clean)
+	if err != nil {
+		return nil, err
+	}
+	return b[:n], nil
 }

@@ -25,13 +25,16 @@
 //
 // Decode accepts what crossws accepts: a JSON object with a string "id" and an
 // object "msg" holding the strings "namespace", "topic" and "data". Unknown
-// fields are ignored, a missing "binary" means text, and only the JSON literal
-// true means binary. Keys are matched exactly, after their escapes are
-// resolved, and when a key appears more than once the last one counts, as in
-// JSON.parse. Anything else is rejected with an error that wraps
-// ErrMalformed: invalid JSON (checked as strictly as encoding/json does, and
-// nested at most 10000 deep), data after the object, binary data that is not
-// valid base64. Strings are read as encoding/json reads them: an escaped lone
+// fields are ignored. "binary" is read as crossws reads it, by JavaScript's
+// truthiness: true, a non-zero number, a non-empty string, an object or an
+// array mean binary; a missing "binary", false, 0, "" and null mean text.
+// Binary data is decoded as the browser's atob decodes it, which crossws
+// uses: padding is optional and ASCII white space is ignored. Keys are
+// matched exactly, after their escapes are resolved, and when a key appears
+// more than once the last one counts, as in JSON.parse. Anything else is
+// rejected with an error that wraps ErrMalformed: invalid JSON (checked as
+// strictly as encoding/json does, and nested at most 10000 deep), data after
+// the object, binary data that atob would refuse. Strings are read as encoding/json reads them: an escaped lone
 // surrogate and each byte that is not part of a valid UTF-8 sequence become
 // U+FFFD.
 package envelope

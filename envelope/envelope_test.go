@@ -275,10 +275,24 @@ func TestDecode(t *testing.T) {
 			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("x")}},
 		{"unknown-values", `{"n":-0.5e+10,"a":[1,[true,false,null],{"":""}],"s":"\"\\\/\b\f\n\r\t\u00e9",` + `"id":"a",` + msg + `}`,
 			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("x")}},
-		{"binary-string-true-is-text", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":"true","data":"AA=="}}`,
+		// crossws reads "binary" as JavaScript does: any truthy value.
+		{"binary-string-is-binary", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":"false","data":"AA=="}}`,
+			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Binary([]byte{0})}},
+		{"binary-1-is-binary", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":1,"data":"AA=="}}`,
+			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Binary([]byte{0})}},
+		{"binary-object-is-binary", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":{},"data":"AA=="}}`,
+			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Binary([]byte{0})}},
+		{"binary-0-is-text", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":-0.0e5,"data":"AA=="}}`,
 			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("AA==")}},
-		{"binary-1-is-text", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":1,"data":"AA=="}}`,
+		{"binary-empty-string-is-text", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":"","data":"AA=="}}`,
 			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("AA==")}},
+		{"binary-false-is-text", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":false,"data":"AA=="}}`,
+			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("AA==")}},
+		// and base64 as atob does: padding optional, white space ignored.
+		{"unpadded-base64", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":"AAEC/v8"}}`,
+			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Binary([]byte{0, 1, 2, 0xfe, 0xff})}},
+		{"base64-with-spaces", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":" AA\nEC\t/v8= "}}`,
+			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Binary([]byte{0, 1, 2, 0xfe, 0xff})}},
 		{"binary-null-is-text", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":null,"data":"AA=="}}`,
 			"a", edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("AA==")}},
 		{"binary-escaped-base64", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":"AAEC\/v8="}}`,
@@ -345,7 +359,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"data-array", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":[0]}}`, "msg.data is not a string (got array)"},
 		{"fields-at-top", `{"id":"a","namespace":"/n","topic":"t","data":"x","msg":{}}`, "msg.namespace is missing"},
 		{"bad-base64", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":"AA=?"}}`, "msg.data is not valid base64: illegal base64 data at input byte 2"},
-		{"unpadded-base64", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":"AA"}}`, "msg.data is not valid base64: illegal base64 data at input byte 0"},
+		{"base64-one-char-too-many", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":"AAAAA"}}`, "msg.data is not valid base64: its length is not that of base64"},
+		{"base64-three-pads", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":"A==="}}`, "msg.data is not valid base64: illegal base64 data at input byte 1"},
 		{"url-base64", `{"id":"a","msg":{"namespace":"/n","topic":"t","binary":true,"data":"_w=="}}`, "msg.data is not valid base64: illegal base64 data at input byte 0"},
 		{"too-deep", `{"id":"a",` + msg + `,"x":` + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + `}`, "nested too deeply at offset 10076"},
 	}
@@ -420,14 +435,49 @@ func referenceDecode(raw []byte) (decoded, bool) {
 		return decoded{}, false
 	}
 	m := edge.Message{Namespace: ns, Topic: topic, Data: edge.Text(data)}
-	if msg["binary"] == true {
-		b, err := base64.StdEncoding.DecodeString(data)
-		if err != nil {
+	if jsTruthy(msg["binary"]) {
+		b, ok := atob(data)
+		if !ok {
 			return decoded{}, false
 		}
 		m.Data = edge.Binary(b)
 	}
 	return decoded{id, m}, true
+}
+
+// jsTruthy is JavaScript's truthiness of a value encoding/json decoded.
+func jsTruthy(v any) bool {
+	switch v := v.(type) {
+	case nil:
+		return false
+	case bool:
+		return v
+	case string:
+		return v != ""
+	case json.Number:
+		f, _ := v.Float64()
+		return f != 0
+	}
+	return true // objects and arrays
+}
+
+// atob decodes base64 by the WHATWG forgiving-base64 rules, as atob does.
+func atob(s string) ([]byte, bool) {
+	s = strings.Map(func(r rune) rune {
+		if strings.ContainsRune(" \t\n\f\r", r) {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s)%4 == 0 && strings.HasSuffix(s, "=") {
+		s = strings.TrimSuffix(strings.TrimSuffix(s, "="), "=")
+	}
+	if len(s)%4 == 1 || strings.Contains(s, "=") {
+		return nil, false
+	}
+	s += strings.Repeat("=", (4-len(s)%4)%4)
+	b, err := base64.StdEncoding.DecodeString(s)
+	return b, err == nil
 }
 
 // checkAgainstReference checks that Decode agrees with referenceDecode.

@@ -65,6 +65,7 @@ type Hub struct {
 	gatewayQueue chan gatewayJob
 	pending      tracker
 	workers      sync.WaitGroup
+	failing      sync.WaitGroup // members whose endpoint panicked, leaving
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -241,7 +242,9 @@ func (h *Hub) deliverTo(m *Member, d Data) {
 	defer func() {
 		if v := recover(); v != nil && m.broken.CompareAndSwap(false, true) {
 			err := &PanicError{Value: v, Stack: debug.Stack()}
+			h.failing.Add(1) // before Close's Wait: Close takes h.mu to write
 			go func() {
+				defer h.failing.Done()
 				m.Leave()
 				h.report(err, StageDelivery)
 				m.closeEndpoint(StatusInternalError, "internal error")
@@ -355,8 +358,14 @@ func (h *Hub) call(fn func(ctx context.Context) error) (err error) {
 // published meanwhile do not hold it up. A Lambda handler calls it before it
 // returns, because a frozen function runs no goroutine.
 func (h *Hub) Flush(ctx context.Context) error {
+	done := h.pending.flush()
 	select {
-	case <-h.pending.flush():
+	case <-done:
+		return nil // checked first: after Close, nothing left to wait for is not an error
+	default:
+	}
+	select {
+	case <-done:
 		return nil
 	case <-h.ctx.Done():
 		return ErrClosed
@@ -387,6 +396,7 @@ func (h *Hub) Close() error {
 			m.closeEndpoint(StatusGoingAway, "going away")
 		}
 	}
+	h.failing.Wait()
 	h.cancel()
 	h.workers.Wait()
 	if h.driver == nil {

@@ -536,3 +536,31 @@ func TestCloseDuringARelayReportsNothing(t *testing.T) {
 		t.Fatalf("close reported %d publish errors", n)
 	}
 }
+
+func TestCloseWaitsForAPanickingEndpointToBeClosed(t *testing.T) {
+	log := testenv.NewErrorLog()
+	h, err := edge.New(edge.Options{OnError: log.OnError})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, in := join(t, h, "/ns", "t")
+	in.panics = true
+	h.Publish(context.Background(), edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("x")})
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-in.closed:
+		if code != edge.StatusInternalError {
+			t.Fatalf("close code %d", code)
+		}
+	default:
+		t.Fatal("Close returned before the panicking endpoint was closed")
+	}
+	if n := log.Count(edge.StageDelivery); n != 1 {
+		t.Fatalf("%d reports", n)
+	}
+	if err := h.Flush(context.Background()); err != nil {
+		t.Fatalf("flush after close with nothing pending: %v", err)
+	}
+}

@@ -42,8 +42,9 @@ var (
 	ErrSlowConsumer = errors.New("longlived: write queue full, slow consumer closed")
 
 	// ErrMessageTooLarge is reported to Hooks.Error, and returned by
-	// Peer.Send, for a message larger than WriteQueueBytes on its own: it
-	// is dropped, and the peer stays connected.
+	// Peer.Send, for a message that would not fit in an empty write queue
+	// (its payload and a few bytes of bookkeeping exceed WriteQueueBytes):
+	// it is dropped, and the peer stays connected.
 	ErrMessageTooLarge = errors.New("longlived: message larger than the write queue, dropped")
 
 	// ErrPingTimeout is reported to Hooks.Error, wrapped with the ping's

@@ -267,9 +267,15 @@ func (p *peer) write(d edge.Data) error {
 	// with a timeout, it costs no allocation per message. It is cleared
 	// after, because coder/websocket's reader writes pongs on the same
 	// connection.
-	_ = p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout()))
-	err := p.conn.Write(context.Background(), typ, d.Bytes)
-	_ = p.raw.SetWriteDeadline(time.Time{})
+	var err error
+	if p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout())) == nil {
+		err = p.conn.Write(context.Background(), typ, d.Bytes)
+		_ = p.raw.SetWriteDeadline(time.Time{})
+	} else { // a connection without deadlines
+		ctx, cancel := context.WithTimeout(context.Background(), p.h.writeTimeout())
+		err = p.conn.Write(ctx, typ, d.Bytes)
+		cancel()
+	}
 	if err != nil {
 		return fmt.Errorf("longlived: write: %w", err)
 	}

@@ -45,13 +45,7 @@ func (b *inbox) Close(code int, reason string) error {
 
 func (b *inbox) next(t *testing.T) edge.Data {
 	t.Helper()
-	select {
-	case d := <-b.got:
-		return d
-	case <-time.After(wait):
-		t.Fatal("no message delivered")
-		return edge.Data{}
-	}
+	return testenv.Recv(t, b.got, wait, "a delivery")
 }
 
 // empty asserts that nothing is waiting in the inbox. Local delivery is

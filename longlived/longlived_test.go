@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/testenv"
 	"github.com/edgesync/edgesync/longlived"
 )
 
@@ -168,13 +169,7 @@ func dialOpts(t *testing.T, url string, opts *websocket.DialOptions) *websocket.
 
 func recv[T any](t *testing.T, ch <-chan T, what string) T {
 	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(wait):
-		t.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
+	return testenv.Recv(t, ch, wait, what)
 }
 
 func send(t *testing.T, c *websocket.Conn, typ websocket.MessageType, data string) {

@@ -156,11 +156,5 @@ func (r *recorder) Close(int, string) error { return nil }
 
 func (r *recorder) next(t *testing.T) edge.Data {
 	t.Helper()
-	select {
-	case d := <-r.got:
-		return d
-	case <-time.After(wait):
-		t.Fatal("nothing delivered")
-		return edge.Data{}
-	}
+	return testenv.Recv(t, r.got, wait, "a delivery")
 }

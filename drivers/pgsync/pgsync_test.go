@@ -251,13 +251,7 @@ func join(t testing.TB, hub *edge.Hub, namespace, topic string) (*edge.Member, *
 
 func (e *endpoint) next(t testing.TB) edge.Data {
 	t.Helper()
-	select {
-	case d := <-e.ch:
-		return d
-	case <-time.After(waitTimeout):
-		t.Fatalf("no message delivered in %v", waitTimeout)
-		return edge.Data{}
-	}
+	return testenv.Recv(t, e.ch, waitTimeout, "a delivery")
 }
 
 func newHub(t testing.TB, sync edge.Sync) (*edge.Hub, *testenv.ErrorLog) {

@@ -24,6 +24,14 @@ type Driver interface {
 	// deliver must never be called with the instance's own messages, nor
 	// after Close has returned. It does not block and may be called from
 	// any goroutine.
+	//
+	// Every driver here reconnects by one rule: a lost connection is
+	// reported once per outage, at StageSubscribe, when it is detected (a
+	// dead connection within seconds, whatever the traffic); the attempts
+	// that fail during the outage are not reported again, and recovery is
+	// silent, so the next loss is reported anew. Attempts back off
+	// exponentially with jitter, and a successful connection resets the
+	// backoff.
 	Subscribe(ctx context.Context, deliver func(Message)) error
 
 	// Close releases what the driver opened. It never closes clients

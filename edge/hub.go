@@ -30,9 +30,13 @@ type Options struct {
 	// Gateway reaches peers held outside this process. nil means none.
 	Gateway Gateway
 	// OnError receives every backplane error with its stage. nil logs
-	// with slog.Error. It must not block for long, and must not call
-	// Close: it may run on the Hub's relay goroutine, which Close waits for.
+	// with an ErrorLog of the Hub's own: once per interval for a repeated
+	// kind of error, with a count. It must not block for long, and must
+	// not call Close: it may run on the Hub's relay goroutine, which Close
+	// waits for.
 	OnError func(err error, info ErrorInfo)
+	// Logger is where the default OnError logs. nil means slog.Default().
+	Logger *slog.Logger
 
 	// QueueSize bounds the outbound relay queue, and the Gateway's
 	// queue, in messages. A full queue drops the message and reports
@@ -58,6 +62,7 @@ type Hub struct {
 	driver         Driver
 	gateway        Gateway
 	onError        func(error, ErrorInfo)
+	errlog         *ErrorLog // the default OnError, flushed by Close
 	maxBatch       int
 	publishTimeout time.Duration
 
@@ -75,7 +80,8 @@ type Hub struct {
 	spaces  map[string]map[string]*memberSet // namespace → topic → members
 	members map[*Member]struct{}
 
-	published, relayed, received, dropped, errs atomic.Uint64
+	published, relayed, received, dropped atomic.Uint64
+	errs                                  [numStages]atomic.Uint64
 }
 
 // relayJob is a message queued for the driver, with the Flush epoch it
@@ -107,6 +113,10 @@ func New(opts Options) (*Hub, error) {
 		cancel:         cancel,
 		spaces:         make(map[string]map[string]*memberSet),
 		members:        make(map[*Member]struct{}),
+	}
+	if h.onError == nil {
+		h.errlog = &ErrorLog{Logger: opts.Logger}
+		h.onError = h.errlog.Report
 	}
 	queueSize := orDefault(opts.QueueSize, DefaultQueueSize)
 	if opts.Sync != nil {
@@ -399,14 +409,16 @@ func (h *Hub) Close() error {
 	h.failing.Wait()
 	h.cancel()
 	h.workers.Wait()
-	if h.driver == nil {
-		return nil
+	var err error
+	if h.driver != nil {
+		if cerr := closeDriver(h.driver); cerr != nil {
+			err = fmt.Errorf("edge: close driver: %w", cerr)
+		}
 	}
-	err := closeDriver(h.driver)
-	if err != nil {
-		return fmt.Errorf("edge: close driver: %w", err)
+	if h.errlog != nil {
+		h.errlog.Flush()
 	}
-	return nil
+	return err
 }
 
 func closeDriver(d Driver) (err error) {
@@ -414,29 +426,52 @@ func closeDriver(d Driver) (err error) {
 	return d.Close()
 }
 
-// report hands err to OnError, never letting OnError's own panic escape.
+// report counts err and hands it to OnError, never letting OnError's own
+// panic escape.
 func (h *Hub) report(err error, stage Stage) {
-	h.errs.Add(1)
+	h.errs[stageIndex(stage)].Add(1)
 	defer func() {
 		if v := recover(); v != nil {
 			slog.Error("edgesync: OnError panicked", "panic", v, "err", err, "stage", string(stage))
 		}
 	}()
-	if h.onError != nil {
-		h.onError(err, ErrorInfo{Stage: stage})
-		return
-	}
-	slog.Error("edgesync backplane error", "stage", string(stage), "err", err)
+	h.onError(err, ErrorInfo{Stage: stage})
 }
 
-// Stats are counters of a Hub since it started.
+// The stages errors are counted by, in Stats.
+const (
+	stageOther = iota // a Stage a driver made up
+	stageSubscribe
+	stagePublish
+	stageDelivery
+	numStages
+)
+
+func stageIndex(s Stage) int {
+	switch s {
+	case StageSubscribe:
+		return stageSubscribe
+	case StagePublish:
+		return stagePublish
+	case StageDelivery:
+		return stageDelivery
+	}
+	return stageOther
+}
+
+// Stats are counters of a Hub since it started. They are exact, whatever
+// the error log leaves out.
 type Stats struct {
 	Peers     int    // peers held in this process now
 	Published uint64 // messages published on this instance
 	Relayed   uint64 // messages handed to the driver without error
 	Received  uint64 // messages received from the driver and delivered locally
 	Dropped   uint64 // messages dropped because an outbound queue was full
-	Errors    uint64 // errors reported to OnError
+	Errors    uint64 // errors reported to OnError, at every stage
+
+	SubscribeErrors uint64 // errors reported at StageSubscribe
+	PublishErrors   uint64 // errors reported at StagePublish, drops included
+	DeliveryErrors  uint64 // errors reported at StageDelivery: malformed, oversized, forged inbound messages
 }
 
 // Stats returns the Hub's counters.
@@ -444,14 +479,18 @@ func (h *Hub) Stats() Stats {
 	h.mu.RLock()
 	peers := len(h.members)
 	h.mu.RUnlock()
-	return Stats{
-		Peers:     peers,
-		Published: h.published.Load(),
-		Relayed:   h.relayed.Load(),
-		Received:  h.received.Load(),
-		Dropped:   h.dropped.Load(),
-		Errors:    h.errs.Load(),
+	st := Stats{
+		Peers:           peers,
+		Published:       h.published.Load(),
+		Relayed:         h.relayed.Load(),
+		Received:        h.received.Load(),
+		Dropped:         h.dropped.Load(),
+		SubscribeErrors: h.errs[stageSubscribe].Load(),
+		PublishErrors:   h.errs[stagePublish].Load(),
+		DeliveryErrors:  h.errs[stageDelivery].Load(),
 	}
+	st.Errors = st.SubscribeErrors + st.PublishErrors + st.DeliveryErrors + h.errs[stageOther].Load()
+	return st
 }
 
 // NewID returns a random version 4 UUID, the form crossws uses for ids.

@@ -2,10 +2,11 @@
 // messages to the peers of this instance and relays them, through a Driver, to
 // every other instance of the cluster.
 //
-// A Hub knows no WebSocket library, no broker and no cloud. Front ends
-// (package longlived for sockets held in memory, package apigw for sockets held
-// by API Gateway) turn connections into peers; drivers (packages under drivers/)
-// carry messages between instances; the same Hooks run on every front end.
+// A Hub knows no WebSocket library, no broker and no cloud. Front ends (package
+// longlived for sockets held in memory) turn connections into peers; a Gateway
+// reaches peers whose sockets an external gateway holds; drivers (packages
+// under drivers/) carry messages between instances; the same Hooks run on
+// every front end.
 //
 // The semantics follow the crossws sync backplane: local delivery is
 // synchronous and never depends on the backplane; relay between instances is

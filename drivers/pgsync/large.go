@@ -155,16 +155,25 @@ func parseReference(raw []byte) (reference, error) {
 	if err := json.Unmarshal(raw, &ref); err != nil {
 		return reference{}, fmt.Errorf("%w: %w: %v", envelope.ErrMalformed, errReference, err)
 	}
-	var tok [tokenBytes + 1]byte
-	switch n, err := base64.RawURLEncoding.Strict().Decode(tok[:], []byte(ref.Token)); {
+	switch {
 	case ref.Edgesync != "ref":
 		return reference{}, fmt.Errorf("%w: %w: \"edgesync\" is not \"ref\"", envelope.ErrMalformed, errReference)
 	case ref.Ref <= 0:
 		return reference{}, fmt.Errorf("%w: %w: no positive row id", envelope.ErrMalformed, errReference)
-	case len(ref.Token) != tokenLen || err != nil || n != tokenBytes:
+	case !validToken(ref.Token):
 		return reference{}, fmt.Errorf("%w: %w: no token of %d bits", envelope.ErrMalformed, errReference, 8*tokenBytes)
 	}
 	return ref, nil
+}
+
+// validToken reports whether tok is a token as newToken writes it.
+func validToken(tok string) bool {
+	if len(tok) != tokenLen { // before Decode, which needs room for all of tok
+		return false
+	}
+	var b [tokenBytes]byte
+	n, err := base64.RawURLEncoding.Strict().Decode(b[:], []byte(tok))
+	return err == nil && n == tokenBytes
 }
 
 // newToken returns a new random token.
@@ -236,7 +245,10 @@ func (d *driver) resolveReference(ctx context.Context, conn *pgx.Conn, raw []byt
 		return nil, nil // our own echo: not worth reading
 	}
 	now := time.Now()
-	if _, ok := d.resolved[ref.Ref]; ok {
+	if seen, ok := d.resolved[ref.Ref]; ok {
+		if seen.token != ref.Token {
+			return nil, fmt.Errorf("large message %d: %w", ref.Ref, errNoPayload)
+		}
 		return nil, fmt.Errorf("large message %d: %w", ref.Ref, errReplayed)
 	}
 	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
@@ -257,26 +269,32 @@ func (d *driver) resolveReference(ctx context.Context, conn *pgx.Conn, raw []byt
 	case body == nil:
 		return nil, fmt.Errorf("large message %d: %d bytes is more than MaxMessageBytes (%d)", ref.Ref, size, d.maxBytes)
 	}
-	d.remember(ref.Ref, now)
+	d.remember(ref, now)
 	return body, nil
 }
 
-// remember notes that row ref was resolved at now, and forgets the rows
-// resolved more than a retention period ago, which the server refuses
-// anyway.
-func (d *driver) remember(ref int64, now time.Time) {
+// resolved is a reference that the listener has resolved.
+type resolved struct {
+	token string
+	at    time.Time
+}
+
+// remember notes that ref was resolved at now, and forgets the references
+// resolved more than two retention periods ago, whose rows the server
+// refuses anyway.
+func (d *driver) remember(ref reference, now time.Time) {
 	if d.resolved == nil {
-		d.resolved = make(map[int64]time.Time)
+		d.resolved = make(map[int64]resolved)
 	}
 	if now.Sub(d.resolvedPruned) >= d.retention {
-		for id, at := range d.resolved {
-			if now.Sub(at) > 2*d.retention {
+		for id, r := range d.resolved {
+			if now.Sub(r.at) > 2*d.retention {
 				delete(d.resolved, id)
 			}
 		}
 		d.resolvedPruned = now
 	}
-	d.resolved[ref] = now
+	d.resolved[ref.Ref] = resolved{token: ref.Token, at: now}
 }
 
 // scheduleCleanup makes sure that the rows this instance has stored are

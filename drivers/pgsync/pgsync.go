@@ -127,7 +127,7 @@ type driver struct {
 
 	// The large messages the listener has resolved, by row id, and when
 	// they were last pruned.
-	resolved       map[int64]time.Time
+	resolved       map[int64]resolved
 	resolvedPruned time.Time
 
 	tableMu        sync.Mutex

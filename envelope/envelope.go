@@ -47,6 +47,12 @@ import (
 	"github.com/edgesync/edgesync/edge"
 )
 
+// DefaultMaxMessageBytes is the largest envelope, in bytes, that the drivers
+// built on this format (redissync, pgsync, clustersync) accept when their
+// Options.MaxMessageBytes is zero: 1 MiB. A driver checks the size of an
+// inbound payload before it decodes it.
+const DefaultMaxMessageBytes = 1 << 20
+
 // ErrMalformed is wrapped by every error Decode returns. The error's text says
 // what is wrong, as in "envelope: malformed: msg.topic is not a string".
 var ErrMalformed = errors.New("envelope: malformed")

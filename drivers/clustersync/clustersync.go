@@ -17,8 +17,8 @@ import (
 
 // Defaults for the zero values of Options and Relay.
 const (
-	DefaultMaxMessageBytes = 1 << 20 // 1 MiB
-	DefaultMaxQueueBytes   = 8 << 20 // 8 MiB
+	DefaultMaxMessageBytes = envelope.DefaultMaxMessageBytes // 1 MiB, as every driver
+	DefaultMaxQueueBytes   = 8 << 20                         // 8 MiB
 )
 
 // MaxChannelLen is the longest channel name, in bytes.

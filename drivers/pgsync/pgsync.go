@@ -34,8 +34,8 @@ const (
 	DefaultLargePayloadRetention = time.Minute
 
 	// DefaultMaxMessageBytes bounds an envelope when Options.MaxMessageBytes
-	// is zero.
-	DefaultMaxMessageBytes = 1 << 20
+	// is zero: 1 MiB, as in every driver.
+	DefaultMaxMessageBytes = envelope.DefaultMaxMessageBytes
 
 	// ListenApplicationName is the application_name of the listening
 	// connection, as pg_stat_activity shows it.

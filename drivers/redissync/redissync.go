@@ -80,8 +80,8 @@ import (
 )
 
 // DefaultMaxMessageBytes is the largest inbound payload a driver accepts when
-// Options.MaxMessageBytes is zero: 1 MiB.
-const DefaultMaxMessageBytes = 1 << 20
+// Options.MaxMessageBytes is zero: 1 MiB, as in every driver.
+const DefaultMaxMessageBytes = envelope.DefaultMaxMessageBytes
 
 // Timing of the subscription loop.
 const (
@@ -125,7 +125,7 @@ type Options struct {
 
 // New returns the edge.Sync that builds, for each instance, a driver relaying
 // through Redis pub/sub as opts say. The Sync returns an error when
-// opts.Client or opts.Channel is missing.
+// opts.Client or opts.Channel is missing, or a key of opts.Keys is empty.
 //
 // The driver also implements edge.BatchDriver: a batch is sent as one
 // pipeline. It reports a lost subscription at edge.StageSubscribe once per

@@ -334,3 +334,32 @@ func TestMigrateUpgradesTable(t *testing.T) {
 		})
 	}
 }
+
+// A signed batch keeps its repeats (marked, then signed) and its large
+// messages.
+func TestSignedBatch(t *testing.T) {
+	pool := newPool(t, testenv.PostgresURL(t))
+	channel := testenv.Channel(t)
+	t.Cleanup(func() { deletePayloads(t, pool, channel) })
+	a := newListener(t, pgsync.Options{Pool: pool, Channel: channel, Keys: [][]byte{keyOld}})
+	b := newListener(t, pgsync.Options{Pool: pool, Channel: channel, Keys: [][]byte{keyOld}})
+	same := edge.Message{Namespace: "/n", Topic: "t", Data: edge.Text("again")}
+	big := bigMessage("big")
+	batch := []edge.Message{same, big, same, same, big}
+	a.publish(t, batch...)
+	counts := map[string]int{}
+	for range batch {
+		counts[describe(b.next(t))]++
+	}
+	for _, m := range batch {
+		counts[describe(m)]--
+	}
+	for m, n := range counts {
+		if n != 0 {
+			t.Errorf("%s received %+d times more than sent", m, n)
+		}
+	}
+	if n := b.reports.Count(testenv.AnyStage); n > 0 {
+		t.Errorf("reported: %v", b.reports)
+	}
+}

@@ -37,6 +37,11 @@
 // the object, binary data that atob would refuse. Strings are read as encoding/json reads them: an escaped lone
 // surrogate and each byte that is not part of a valid UTF-8 sequence become
 // U+FFFD.
+//
+// A Signer signs envelopes: it adds a last member, "sig", holding an
+// HMAC-SHA256 of the unsigned envelope with a shared secret, and refuses, with
+// an error wrapping ErrSignature, an envelope that does not carry a valid one.
+// The envelopes of a nil Signer are unsigned, those of Encode.
 package envelope
 
 import (
@@ -46,6 +51,12 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 )
+
+// DefaultMaxMessageBytes is the largest envelope, in bytes, that the drivers
+// built on this format (redissync, pgsync, clustersync) accept when their
+// Options.MaxMessageBytes is zero: 1 MiB. A driver checks the size of an
+// inbound payload before it decodes it.
+const DefaultMaxMessageBytes = 1 << 20
 
 // ErrMalformed is wrapped by every error Decode returns. The error's text says
 // what is wrong, as in "envelope: malformed: msg.topic is not a string".

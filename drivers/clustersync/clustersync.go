@@ -17,8 +17,8 @@ import (
 
 // Defaults for the zero values of Options and Relay.
 const (
-	DefaultMaxMessageBytes = 1 << 20 // 1 MiB
-	DefaultMaxQueueBytes   = 8 << 20 // 8 MiB
+	DefaultMaxMessageBytes = envelope.DefaultMaxMessageBytes // 1 MiB, as every driver
+	DefaultMaxQueueBytes   = 8 << 20                         // 8 MiB
 )
 
 // MaxChannelLen is the longest channel name, in bytes.
@@ -75,6 +75,18 @@ type Options struct {
 	// NoRelay makes the instance a client only: it never takes the relay
 	// role, and waits for a Relay that a supervisor runs.
 	NoRelay bool
+
+	// Keys, when not empty, sign the cluster: the first key signs every
+	// envelope this instance publishes, and an inbound envelope must be
+	// signed with one of them. One that is not is dropped and reported at
+	// edge.StageDelivery with an error wrapping envelope.ErrSignature:
+	// count them in the Hub's OnError with errors.Is. Every instance of
+	// the channel needs the same keys (a Relay needs none: it does not
+	// decode envelopes). To rotate, add the new key second on every
+	// instance, then make it first, then remove the old one. A key should
+	// be at least 32 random bytes; an empty key is an error. See
+	// envelope.Signer for the format.
+	Keys [][]byte
 }
 
 // New returns the Sync that builds the clustersync driver of an instance.
@@ -92,10 +104,15 @@ func New(opts Options) edge.Sync {
 		if err := opts.validate(); err != nil {
 			return nil, err
 		}
+		signer, err := envelope.NewSigner(opts.Keys)
+		if err != nil {
+			return nil, fmt.Errorf("clustersync: Options.Keys: %w", err)
+		}
 		if inst.Report == nil {
 			inst.Report = func(error, edge.Stage) {}
 		}
 		d := &driver{
+			signer:   signer,
 			socket:   opts.Socket,
 			channel:  opts.Channel,
 			maxMsg:   orDefault(opts.MaxMessageBytes, DefaultMaxMessageBytes),
@@ -123,6 +140,7 @@ func (o Options) validate() error {
 
 // driver is the edge.Driver of one instance.
 type driver struct {
+	signer   *envelope.Signer // nil: unsigned
 	socket   string
 	channel  string
 	maxMsg   int
@@ -392,7 +410,7 @@ func (d *driver) handle(frame []byte, deliver func(edge.Message)) {
 	if string(frame[1:end]) != d.channel {
 		return
 	}
-	id, msg, err := envelope.Decode(frame[end:])
+	id, msg, err := d.signer.Decode(frame[end:])
 	if err != nil {
 		d.inst.Report(fmt.Errorf("clustersync: %w", err), edge.StageDelivery)
 		return
@@ -431,7 +449,7 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 	for _, msg := range msgs {
 		start := len(buf)
 		buf = append(buf, d.frameHdr...)
-		out, err := envelope.AppendEncode(buf, d.inst.ID, msg)
+		out, err := d.signer.AppendEncode(buf, d.inst.ID, msg)
 		if err != nil {
 			buf = buf[:start]
 			errs = append(errs, fmt.Errorf("clustersync: encode: %w", err))

@@ -42,6 +42,16 @@
 // frames of other channels, envelopes they cannot decode (reported at
 // edge.StageDelivery) and their own echo.
 //
+// # Signed clusters
+//
+// Any process that may connect to the socket can otherwise inject messages.
+// With Options.Keys, every envelope carries an HMAC-SHA256 of a shared secret
+// (envelope.Signer), and a frame without a valid one is dropped and reported
+// at edge.StageDelivery with an error wrapping envelope.ErrSignature. The
+// relay forwards frames without reading them and needs no key. A crossws
+// instance writes unsigned envelopes, so it cannot publish into a signed
+// cluster (it can still read it).
+//
 // # Limits
 //
 // One host, Unix only: the processes must share a file system that supports

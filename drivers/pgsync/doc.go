@@ -36,21 +36,40 @@
 //
 // Postgres refuses a NOTIFY payload of NotifyPayloadLimit (8000) bytes or more.
 // A message whose envelope is that large is stored as a row of the table
-// edgesync_payloads, and the notification carries a reference to it instead:
+// edgesync_payloads, with a random token of 128 bits, and the notification
+// carries a reference to it instead:
 //
-//	{"edgesync":"ref","id":"<instance id>","ref":<row id>}
+//	{"edgesync":"ref","id":"<instance id>","ref":<row id>,"token":"<token>"}
 //
-// Receivers read the row by its id. A reference is not an envelope (it has no
-// "msg"), so a crossws instance drops it as malformed: crossws instances see
-// small messages only. Rows are deleted once they are older than
-// Options.LargePayloadRetention, by the publishers, at most one DELETE per half
-// retention period; a receiver that resolves a reference later than that drops
-// the message and reports it.
+// Receivers read the row by its id and token, so that a reference with a
+// guessed id reads nothing, and each reference at most once, so that one
+// seen on the channel and notified again is not delivered twice. A
+// reference is not an envelope (it has no "msg"), so a crossws instance drops
+// it as malformed: crossws instances see small messages only. A receiver
+// refuses a row older than Options.LargePayloadRetention, and drops the
+// message and reports it; the publisher deletes the channel's rows older
+// than that soon after they expire, with a timer that runs as long as it
+// stores large messages. A stored body larger than the receiver's
+// Options.MaxMessageBytes is not read. Every drop is reported at
+// edge.StageDelivery.
 //
-// The table is created by the first large publish, or beforehand by Migrate.
+// The table is created by the first large publish, or beforehand by Migrate,
+// which also upgrades a table of an earlier version (ALTER TABLE … ADD
+// COLUMN IF NOT EXISTS token): the rows stored before the upgrade, which
+// have no token, are never read.
 // A role that may not create tables (Postgres 15 and later grant no CREATE on
 // schema public by default) needs Migrate run once by a role that may, and
 // INSERT, SELECT and DELETE on the table and USAGE on its sequence.
+//
+// # Signed clusters
+//
+// Anyone who may NOTIFY on the channel can otherwise inject messages. With
+// Options.Keys, every envelope and every reference carries an HMAC-SHA256 of
+// a shared secret (envelope.Signer), and a notification, or a stored body,
+// without a valid one is dropped and reported at edge.StageDelivery with an
+// error wrapping envelope.ErrSignature. A crossws instance writes unsigned
+// envelopes, so it cannot publish into a signed cluster (it can still read
+// its small messages).
 //
 // # Registry
 //

@@ -13,13 +13,19 @@ func Cleanup(ctx context.Context, d edge.Driver) (int64, error) {
 	return d.(*driver).cleanup(ctx)
 }
 
-// ForgetCleanup makes the next large publish of d clean up, as if the last
-// cleanup were long ago.
-func ForgetCleanup(d edge.Driver) {
+// OnCleanup makes d, a driver built by New, call hook after each cleanup its
+// timer runs, with what the cleanup returned.
+func OnCleanup(d edge.Driver, hook func(deleted int64, err error)) {
 	dr := d.(*driver)
 	dr.tableMu.Lock()
-	dr.lastCleanup = time.Time{}
+	dr.onCleanup = hook
 	dr.tableMu.Unlock()
+}
+
+// ParseReference parses a large message reference.
+func ParseReference(raw []byte) (id string, row int64, token string, err error) {
+	ref, err := parseReference(raw)
+	return ref.ID, ref.Ref, ref.Token, err
 }
 
 // SetPageSize sets how many ids Subscribers reads per query.

@@ -2,7 +2,6 @@ package pgsync
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -12,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/edgesync/edgesync/edge"
-	"github.com/edgesync/edgesync/envelope"
 )
 
 // connect opens the listening connection and LISTENs on the channel.
@@ -128,15 +126,6 @@ func (d *driver) receiveUntil(ctx, quiet context.Context, conn *pgx.Conn, delive
 	}
 }
 
-// reference is the notification that stands for a large message.
-type reference struct {
-	Edgesync string `json:"edgesync"`
-	ID       string `json:"id"`
-	Ref      int64  `json:"ref"`
-}
-
-const refMarker = `{"edgesync":"ref",`
-
 // handle delivers one notification, or drops it and reports why. It returns
 // an error only when conn has failed.
 func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, deliver func(edge.Message)) error {
@@ -150,15 +139,7 @@ func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, del
 	d.rbuf = append(d.rbuf[:0], payload...) // Decode keeps no reference to it
 	raw := d.rbuf
 	if strings.HasPrefix(payload, refMarker) {
-		var ref reference
-		if err := json.Unmarshal(raw, &ref); err != nil || ref.Edgesync != "ref" || ref.Ref <= 0 {
-			d.drop(len(payload), fmt.Errorf("%w: not a valid large message reference", envelope.ErrMalformed))
-			return nil
-		}
-		if ref.ID == d.inst.ID {
-			return nil // our own echo: not worth reading
-		}
-		body, err := d.resolve(ctx, conn, ref.Ref)
+		body, err := d.resolveReference(ctx, conn, raw)
 		if err != nil {
 			if conn.IsClosed() {
 				return err
@@ -166,9 +147,12 @@ func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, del
 			d.drop(len(payload), err)
 			return nil
 		}
+		if body == nil {
+			return nil // our own echo
+		}
 		raw = body
 	}
-	id, msg, err := envelope.Decode(raw)
+	id, msg, err := d.signer.Decode(raw)
 	if err != nil {
 		d.drop(len(raw), err)
 		return nil
@@ -183,30 +167,4 @@ func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, del
 // drop reports a notification that is not delivered.
 func (d *driver) drop(size int, err error) {
 	d.inst.Report(fmt.Errorf("pgsync: channel %q: dropped a notification of %d bytes: %w", d.channel, size, err), edge.StageDelivery)
-}
-
-const resolveSQL = `SELECT octet_length(body), CASE WHEN octet_length(body) <= $3 THEN body END
-FROM edgesync_payloads WHERE id = $1 AND channel = $2`
-
-// errNoPayload is why a large message whose row is gone is dropped.
-var errNoPayload = errors.New("its stored body is gone: it is older than LargePayloadRetention, or was never stored")
-
-// resolve reads the envelope of a large message on the listening connection.
-func (d *driver) resolve(ctx context.Context, conn *pgx.Conn, ref int64) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-	defer cancel()
-	var (
-		size int
-		body []byte
-	)
-	err := conn.QueryRow(ctx, resolveSQL, ref, d.channel, d.maxBytes).Scan(&size, &body)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return nil, fmt.Errorf("large message %d: %w", ref, errNoPayload)
-	case err != nil:
-		return nil, fmt.Errorf("large message %d: reading %s: %w", ref, payloadTable, err)
-	case body == nil:
-		return nil, fmt.Errorf("large message %d: %d bytes is more than MaxMessageBytes (%d)", ref, size, d.maxBytes)
-	}
-	return body, nil
 }

@@ -29,13 +29,13 @@ const (
 	// edgesync_payloads.
 	NotifyPayloadLimit = 8000
 
-	// DefaultLargePayloadRetention is how long a stored large message is
-	// kept when Options.LargePayloadRetention is zero.
+	// DefaultLargePayloadRetention is how long a stored large message may
+	// be read when Options.LargePayloadRetention is zero.
 	DefaultLargePayloadRetention = time.Minute
 
 	// DefaultMaxMessageBytes bounds an envelope when Options.MaxMessageBytes
-	// is zero.
-	DefaultMaxMessageBytes = 1 << 20
+	// is zero: 1 MiB, as in every driver.
+	DefaultMaxMessageBytes = envelope.DefaultMaxMessageBytes
 
 	// ListenApplicationName is the application_name of the listening
 	// connection, as pg_stat_activity shows it.
@@ -71,15 +71,29 @@ type Options struct {
 	Channel string
 
 	// LargePayloadRetention is how long a message too large for NOTIFY is
-	// kept in the table edgesync_payloads for the receivers to read. 0
+	// kept in the table edgesync_payloads for the receivers to read: a
+	// receiver refuses a row older than that, and the publisher deletes
+	// it soon after. Give every instance of a channel the same value. 0
 	// means DefaultLargePayloadRetention.
 	LargePayloadRetention time.Duration
 
 	// MaxMessageBytes bounds the envelope of one message, in bytes. A
 	// larger outbound message is not relayed (its Publish fails); a larger
 	// inbound one is dropped and reported at edge.StageDelivery. 0 means
-	// DefaultMaxMessageBytes.
+	// DefaultMaxMessageBytes. A large message's stored body is bounded
+	// too: a receiver does not read a larger one.
 	MaxMessageBytes int
+
+	// Keys, when not empty, sign the cluster: the first key signs every
+	// envelope and large message reference this instance publishes, and
+	// an inbound one must be signed with one of them. One that is not is
+	// dropped and reported at edge.StageDelivery with an error wrapping
+	// envelope.ErrSignature: count them in the Hub's OnError with
+	// errors.Is. Every instance of the channel needs the same keys. To
+	// rotate, add the new key second on every instance, then make it
+	// first, then remove the old one. A key should be at least 32 random
+	// bytes; an empty key is an error. See envelope.Signer for the format.
+	Keys [][]byte
 }
 
 // New returns the Sync that builds the driver of one instance. Invalid
@@ -94,6 +108,7 @@ func New(opts Options) edge.Sync {
 
 // driver is the edge.BatchDriver of one instance.
 type driver struct {
+	signer      *envelope.Signer // nil: unsigned
 	inst        edge.Instance
 	channel     string
 	pool        *pgxpool.Pool
@@ -110,9 +125,20 @@ type driver struct {
 	scratch     sync.Pool     // of *batch
 	rbuf        []byte        // the listener's copy of a payload
 
-	tableMu     sync.Mutex
-	tableReady  bool      // the table edgesync_payloads exists
-	lastCleanup time.Time // when old large payloads were last deleted
+	// The large messages the listener has resolved, by row id, and when
+	// they were last pruned.
+	resolved       map[int64]resolved
+	resolvedPruned time.Time
+
+	tableMu        sync.Mutex
+	tableReady     bool      // the table edgesync_payloads exists
+	lastStored     time.Time // when this instance last stored a large message
+	cleanupTimer   *time.Timer
+	cleanupStopped bool // by Close
+	cleanupRunning sync.WaitGroup
+	cleanupCtx     context.Context
+	cleanupCancel  context.CancelFunc
+	onCleanup      func(deleted int64, err error) // for tests
 
 	closed atomic.Bool
 	mu     sync.Mutex
@@ -129,7 +155,12 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 	if opts.Pool == nil && opts.ConnString == "" {
 		return nil, errors.New("pgsync: Options needs a Pool or a ConnString")
 	}
+	signer, err := envelope.NewSigner(opts.Keys)
+	if err != nil {
+		return nil, fmt.Errorf("pgsync: Options.Keys: %w", err)
+	}
 	d := &driver{
+		signer:      signer,
 		inst:        inst,
 		channel:     opts.Channel,
 		pool:        opts.Pool,
@@ -145,6 +176,7 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 	if d.maxBytes <= 0 {
 		d.maxBytes = DefaultMaxMessageBytes
 	}
+	d.cleanupCtx, d.cleanupCancel = context.WithCancel(context.Background())
 	// The envelope begins with the quoted instance id: {"id":"…","msg":…
 	env, err := envelope.Encode(inst.ID, edge.Message{})
 	if err != nil {
@@ -195,7 +227,7 @@ func checkChannel(channel string) error {
 // encode returns the envelope of msg, or an error when it is larger than
 // MaxMessageBytes.
 func (d *driver) encode(msg edge.Message) ([]byte, error) {
-	env, err := envelope.Encode(d.inst.ID, msg)
+	env, err := d.signer.Encode(d.inst.ID, msg)
 	if err != nil {
 		return nil, fmt.Errorf("pgsync: encoding a message on topic %q: %w", msg.Topic, err)
 	}
@@ -256,7 +288,7 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 	var errs []error
 	for _, msg := range msgs {
 		start := len(b.buf)
-		b.buf, _ = envelope.AppendEncode(b.buf, d.inst.ID, msg) // never fails
+		b.buf, _ = d.signer.AppendEncode(b.buf, d.inst.ID, msg) // never fails
 		env := b.buf[start:]
 		switch {
 		case len(env) > d.maxBytes:
@@ -275,10 +307,13 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 			// harmless.
 			h := maphash.Bytes(d.seed, env)
 			if n := b.seen[h]; n > 0 {
-				// Replace env by {"dup":n,…env without its '{'.
-				b.buf = fmt.Appendf(b.buf, `{"dup":%d,`, n)
-				b.buf = append(b.buf, b.buf[start+1:start+len(env)]...)
-				b.buf = b.buf[:copy(b.buf[start:], b.buf[start+len(env):])+start]
+				// Write {"dup":n,…the envelope without its '{',
+				// signed again.
+				b.buf = fmt.Appendf(b.buf[:start], `{"dup":%d,`, n)
+				brace := len(b.buf)
+				b.buf, _ = envelope.AppendEncode(b.buf, d.inst.ID, msg)
+				b.buf = b.buf[:brace+copy(b.buf[brace:], b.buf[brace+1:])]
+				b.buf, _ = d.signer.Sign(b.buf, start)
 			}
 			b.seen[h]++
 			if marked := b.buf[start:]; len(marked) >= NotifyPayloadLimit {
@@ -355,14 +390,13 @@ func (d *driver) publish(ctx context.Context, small, large [][]byte) error {
 		default:
 			b.Queue(notifyManySQL, d.channel, small)
 		}
-		for _, env := range large {
-			b.Queue(storeSQL, d.channel, env, d.refPrefix)
+		if err = d.queueLarge(ctx, b, large); err == nil {
+			err = d.pool.SendBatch(ctx, b).Close()
 		}
-		err = d.pool.SendBatch(ctx, b).Close()
 		if err != nil {
 			err = explainLarge(err, "storing it", len(large[0]), false)
 		} else {
-			d.cleanupIfDue(ctx)
+			d.scheduleCleanup()
 		}
 	}
 	if err != nil {
@@ -414,6 +448,7 @@ func (d *driver) Close() error {
 		cancel()
 		<-done
 	}
+	d.stopCleanup()
 	if d.ownPool {
 		d.pool.Close()
 	}

@@ -13,6 +13,15 @@
 // that is not an envelope, or is larger than Options.MaxMessageBytes, is
 // dropped and reported at edge.StageDelivery; nothing else is disturbed.
 //
+// # Signed clusters
+//
+// Anyone who may PUBLISH on the channel can otherwise inject messages. With
+// Options.Keys, every envelope carries an HMAC-SHA256 of a shared secret
+// (envelope.Signer), and a payload without a valid one is dropped and
+// reported at edge.StageDelivery with an error wrapping
+// envelope.ErrSignature. A crossws instance writes unsigned envelopes, so it
+// cannot publish into a signed cluster (it can still read it).
+//
 // # Connections
 //
 // The driver subscribes on one connection of its own, taken from the user's
@@ -71,8 +80,8 @@ import (
 )
 
 // DefaultMaxMessageBytes is the largest inbound payload a driver accepts when
-// Options.MaxMessageBytes is zero: 1 MiB.
-const DefaultMaxMessageBytes = 1 << 20
+// Options.MaxMessageBytes is zero: 1 MiB, as in every driver.
+const DefaultMaxMessageBytes = envelope.DefaultMaxMessageBytes
 
 // Timing of the subscription loop.
 const (
@@ -102,11 +111,21 @@ type Options struct {
 	// whole by then; Redis's proto-max-bulk-len bounds what a PUBLISH may
 	// carry.) 0 means DefaultMaxMessageBytes.
 	MaxMessageBytes int
+	// Keys, when not empty, sign the cluster: the first key signs every
+	// envelope this instance publishes, and an inbound envelope must be
+	// signed with one of them. One that is not is dropped and reported at
+	// edge.StageDelivery with an error wrapping envelope.ErrSignature:
+	// count them in the Hub's OnError with errors.Is. Every instance of
+	// the cluster needs the same keys. To rotate, add the new key second
+	// on every instance, then make it first, then remove the old one. A
+	// key should be at least 32 random bytes; an empty key is an error.
+	// See envelope.Signer for the format.
+	Keys [][]byte
 }
 
 // New returns the edge.Sync that builds, for each instance, a driver relaying
 // through Redis pub/sub as opts say. The Sync returns an error when
-// opts.Client or opts.Channel is missing.
+// opts.Client or opts.Channel is missing, or a key of opts.Keys is empty.
 //
 // The driver also implements edge.BatchDriver: a batch is sent as one
 // pipeline. It reports a lost subscription at edge.StageSubscribe once per
@@ -123,7 +142,12 @@ func New(opts Options) edge.Sync {
 		if inst.ID == "" {
 			return nil, errors.New("redissync: the instance has no ID")
 		}
+		signer, err := envelope.NewSigner(opts.Keys)
+		if err != nil {
+			return nil, fmt.Errorf("redissync: Options.Keys: %w", err)
+		}
 		d := &driver{
+			signer:   signer,
 			client:   opts.Client,
 			channel:  opts.Channel,
 			maxBytes: opts.MaxMessageBytes,
@@ -161,6 +185,7 @@ func echoPrefix(id string) string {
 
 // driver is the edge.BatchDriver of one instance.
 type driver struct {
+	signer   *envelope.Signer // nil: unsigned
 	client   redis.UniversalClient
 	channel  string
 	maxBytes int
@@ -217,7 +242,7 @@ func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
 	b := d.getBuffer()
 	defer d.putBuffer(b)
 	var err error
-	b.buf, err = envelope.AppendEncode(b.buf, d.id, msg)
+	b.buf, err = d.signer.AppendEncode(b.buf, d.id, msg)
 	if err != nil {
 		return fmt.Errorf("redissync: publish: %w", err)
 	}
@@ -243,7 +268,7 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 	defer d.putBuffer(b)
 	for _, msg := range msgs {
 		var err error
-		b.buf, err = envelope.AppendEncode(b.buf, d.id, msg)
+		b.buf, err = d.signer.AppendEncode(b.buf, d.id, msg)
 		if err != nil {
 			return fmt.Errorf("redissync: publish: %w", err)
 		}
@@ -451,7 +476,7 @@ func (d *driver) handle(payload string, deliver func(edge.Message), scratch []by
 	}
 	// Decode keeps nothing of its input: the copy is reused.
 	scratch = append(scratch[:0], payload...)
-	id, msg, err := envelope.Decode(scratch)
+	id, msg, err := d.signer.Decode(scratch)
 	if err != nil {
 		d.report(fmt.Errorf("redissync: dropped a payload on %q: %w", d.channel, err), edge.StageDelivery)
 		return scratch

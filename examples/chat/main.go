@@ -17,6 +17,14 @@
 // at most), -channel NAME the channel the servers share. Each flag defaults
 // to an environment variable: EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL,
 // EDGESYNC_CLUSTER_SOCKET and EDGESYNC_CHANNEL.
+//
+// -secret KEYS (or EDGESYNC_SECRET) signs the backplane: every server of the
+// chat must be given the same secret, and drops what is not signed with it.
+// KEYS is a comma-separated list, for rotation: the first signs, and any of
+// them is accepted. To change the secret, run every server with "new,old",
+// then "new".
+//
+//	EDGESYNC_SECRET=$(openssl rand -hex 32) go run ./examples/chat -redis redis://127.0.0.1:6379/0
 package main
 
 import (
@@ -31,6 +39,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -58,6 +67,7 @@ type config struct {
 	postgres string // Postgres connection string
 	cluster  string // Unix socket path
 	channel  string
+	secret   string // comma-separated signing keys, the first signs
 }
 
 func main() {
@@ -80,6 +90,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.StringVar(&cfg.postgres, "postgres", getenv("EDGESYNC_POSTGRES_URL"), "relay over Postgres at this URL")
 	fs.StringVar(&cfg.cluster, "cluster", getenv("EDGESYNC_CLUSTER_SOCKET"), "relay between processes on this host over this Unix socket")
 	fs.StringVar(&cfg.channel, "channel", cmp.Or(getenv("EDGESYNC_CHANNEL"), "edgesync-chat"), "channel the servers of one chat share")
+	fs.StringVar(&cfg.secret, "secret", getenv("EDGESYNC_SECRET"), "sign the backplane with these comma-separated `keys`: the first signs, any is accepted (rotate with \"new,old\", then \"new\")")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -147,6 +158,10 @@ func run(cfg config) error {
 // the chat server, and a function that releases what it opened. A nil Sync
 // keeps this instance alone: it delivers to its own clients only.
 func newSync(cfg config) (edge.Sync, func(), error) {
+	keys, err := signingKeys(cfg.secret)
+	if err != nil {
+		return nil, nil, err
+	}
 	switch {
 	case cfg.redis != "":
 		opts, err := redis.ParseURL(cfg.redis)
@@ -154,13 +169,29 @@ func newSync(cfg config) (edge.Sync, func(), error) {
 			return nil, nil, fmt.Errorf("-redis: %w", err)
 		}
 		client := redis.NewClient(opts)
-		return redissync.New(redissync.Options{Client: client, Channel: cfg.channel}), func() { client.Close() }, nil
+		return redissync.New(redissync.Options{Client: client, Channel: cfg.channel, Keys: keys}), func() { client.Close() }, nil
 	case cfg.postgres != "":
-		return pgsync.New(pgsync.Options{ConnString: cfg.postgres, Channel: cfg.channel}), func() {}, nil
+		return pgsync.New(pgsync.Options{ConnString: cfg.postgres, Channel: cfg.channel, Keys: keys}), func() {}, nil
 	case cfg.cluster != "":
-		return clustersync.New(clustersync.Options{Socket: cfg.cluster, Channel: cfg.channel}), func() {}, nil
+		return clustersync.New(clustersync.Options{Socket: cfg.cluster, Channel: cfg.channel, Keys: keys}), func() {}, nil
 	}
 	return nil, func() {}, nil
+}
+
+// signingKeys returns the keys of -secret, a comma-separated list, or nil
+// when it is empty.
+func signingKeys(secret string) ([][]byte, error) {
+	if secret == "" {
+		return nil, nil
+	}
+	var keys [][]byte
+	for i, k := range strings.Split(secret, ",") {
+		if k == "" {
+			return nil, fmt.Errorf("-secret: key %d of the comma-separated list is empty", i+1)
+		}
+		keys = append(keys, []byte(k))
+	}
+	return keys, nil
 }
 
 func backplaneName(cfg config) string {

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/testenv"
+	"github.com/edgesync/edgesync/longlived"
+)
+
+func TestSecretConfig(t *testing.T) {
+	env := map[string]string{"EDGESYNC_SECRET": "new,old"}
+	cfg, err := parseConfig(nil, func(k string) string { return env[k] })
+	if err != nil || cfg.secret != "new,old" {
+		t.Fatalf("EDGESYNC_SECRET: %+v, %v", cfg, err)
+	}
+	cfg, err = parseConfig([]string{"-secret", "other"}, func(k string) string { return env[k] })
+	if err != nil || cfg.secret != "other" {
+		t.Fatalf("-secret overrides EDGESYNC_SECRET: %+v, %v", cfg, err)
+	}
+	keys, err := signingKeys("new,old")
+	if err != nil || !slices.EqualFunc(keys, [][]byte{[]byte("new"), []byte("old")}, slices.Equal) {
+		t.Fatalf("signingKeys(new,old) = %q, %v", keys, err)
+	}
+	if keys, err := signingKeys(""); keys != nil || err != nil {
+		t.Fatalf("signingKeys(\"\") = %q, %v; want none", keys, err)
+	}
+	if _, _, err := newSync(config{cluster: "/nonexistent/s", secret: "a,,b"}); err == nil {
+		t.Fatal("a secret with an empty key accepted")
+	}
+}
+
+// startSignedChat serves the chat over the cluster socket with secret, as
+// main does, and returns what its hub reported.
+func startSignedChat(t *testing.T, socket, secret string) (string, <-chan edge.Peer, *testenv.ErrorLog) {
+	t.Helper()
+	backplane, release, err := newSync(config{cluster: socket, channel: "chat", secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	log := testenv.NewErrorLog()
+	hub, err := edge.New(edge.Options{Sync: backplane, OnError: log.OnError})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hooks := chatHooks()
+	open := hooks.Open
+	ch := make(chan edge.Peer, 8)
+	hooks.Open = func(p edge.Peer) {
+		open(p)
+		ch <- p
+	}
+	ws := longlived.New(hub, hooks)
+	srv := httptest.NewServer(newServer(ws))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		ws.Close(ctx)
+		srv.Close()
+	})
+	return srv.URL, ch, log
+}
+
+// Servers run with the same -secret chat together; one with another secret
+// cannot post into their chat.
+func TestSecretSignsTheChat(t *testing.T) {
+	dir, err := os.MkdirTemp("", "chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "s")
+	urlA, openedA, _ := startSignedChat(t, socket, "new-key,old-key")
+	urlB, openedB, logB := startSignedChat(t, socket, "old-key,new-key")
+	urlC, openedC, _ := startSignedChat(t, socket, "another-key")
+	a, b, c := dial(t, urlA, openedA), dial(t, urlB, openedB), dial(t, urlC, openedC)
+
+	send(t, c, `{"user":"mallory","text":"forged"}`)
+	if err := logB.Await(t, edge.StageDelivery, 0, wait); !errors.Is(err, envelope.ErrSignature) {
+		t.Fatalf("B reported %v; want ErrSignature", err)
+	}
+	send(t, a, `{"user":"alice","text":"hi"}`)
+	expect(t, b, `{"user":"alice","text":"hi"}`) // and not the forged one before it
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/reconnect"
 )
 
 // Defaults for the zero values of Options and Relay.
@@ -24,13 +25,10 @@ const (
 // MaxChannelLen is the longest channel name, in bytes.
 const MaxChannelLen = 255
 
-// Timing of connection attempts.
+// Timing of connection attempts, which back off by package reconnect.
 const (
-	minBackoff     = 10 * time.Millisecond
-	maxBackoff     = 200 * time.Millisecond
 	startupTimeout = 2 * time.Second // how long Subscribe tries before it returns an error
 	greetTimeout   = 2 * time.Second // how long a relay may take to greet a new client
-	reportEvery    = 5 * time.Second // how often a continuing outage is reported
 )
 
 var (
@@ -142,6 +140,8 @@ type driver struct {
 	wbuf []byte
 
 	wg sync.WaitGroup // the run goroutine
+
+	retry reconnect.Backoff // between connection attempts; the zero value but in tests
 }
 
 // Subscribe connects to the relay, or becomes it, and delivers what other
@@ -169,17 +169,32 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 }
 
 // run keeps the connection to the relay: it reads from it, and when it is
-// lost, reports the outage and connects again.
+// lost, reports the outage and connects again, by the rule of package
+// reconnect.
 func (d *driver) run(ctx context.Context, deliver func(edge.Message), ready chan<- error) {
 	defer d.wg.Done()
-	l, err := d.connect(ctx, startupTimeout)
+	// A startup failure is Subscribe's error, which the Hub reports: it is
+	// the first report of its outage, which the driver does not repeat.
+	quiet := false
+	outage := reconnect.NewOutage(func(err error, stage edge.Stage) {
+		if quiet {
+			quiet = false
+			return
+		}
+		d.inst.Report(err, stage)
+	})
+	backoff := d.retry
+	l, err := d.connect(ctx, &backoff, time.Now().Add(startupTimeout), nil)
 	if err != nil {
-		ready <- fmt.Errorf("clustersync: connect to %s: %w", d.socket, err)
+		err = fmt.Errorf("clustersync: connect to %s: %w", d.socket, err)
+		ready <- err
 		ready = nil
+		quiet = true
+		outage.Lost(err)
 	}
 	for {
 		if l == nil {
-			if l, err = d.connect(ctx, 0); err != nil {
+			if l, err = d.connect(ctx, &backoff, time.Time{}, outage); err != nil {
 				return // ctx is done
 			}
 		}
@@ -195,13 +210,15 @@ func (d *driver) run(ctx context.Context, deliver func(edge.Message), ready chan
 			ready <- nil
 			ready = nil
 		}
+		outage.Restored()
+		backoff.Reset()
 		err := d.read(l.r, deliver)
 		d.detach(l.conn)
 		l = nil
 		if ctx.Err() != nil || d.isClosed() {
 			return
 		}
-		d.inst.Report(fmt.Errorf("clustersync: lost connection to relay at %s: %w", d.socket, err), edge.StageSubscribe)
+		outage.Lost(fmt.Errorf("clustersync: lost connection to relay at %s: %w", d.socket, err))
 	}
 }
 
@@ -211,23 +228,11 @@ type link struct {
 	r    *bufio.Reader
 }
 
-// connect tries to take the relay role, then to connect, with a capped
-// backoff. With a timeout it gives up after it, returning the last error;
-// without one it tries until ctx is done, reporting the outage every now and
-// then.
-func (d *driver) connect(ctx context.Context, timeout time.Duration) (*link, error) {
-	var giveUp time.Time
-	if timeout > 0 {
-		giveUp = time.Now().Add(timeout)
-	}
-	lastReport := time.Now()
-	backoff := minBackoff
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+// connect tries to take the relay role, then to connect, waiting between
+// attempts by backoff. With a giveUp time it returns the last error after
+// it; without one it tries until ctx is done. A failed attempt is a loss
+// of outage, if not nil.
+func (d *driver) connect(ctx context.Context, backoff *reconnect.Backoff, giveUp time.Time, outage *reconnect.Outage) (*link, error) {
 	for {
 		l, err := d.attempt(ctx)
 		if err == nil {
@@ -236,31 +241,26 @@ func (d *driver) connect(ctx context.Context, timeout time.Duration) (*link, err
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if timeout > 0 && time.Now().After(giveUp) {
+		if !giveUp.IsZero() && time.Now().After(giveUp) {
 			return nil, err
 		}
-		if timeout == 0 && time.Since(lastReport) >= reportEvery {
-			lastReport = time.Now()
-			d.inst.Report(fmt.Errorf("clustersync: still no relay at %s: %w", d.socket, err), edge.StageSubscribe)
+		if outage != nil {
+			outage.Lost(fmt.Errorf("clustersync: no relay at %s: %w", d.socket, err))
 		}
-		if timer == nil {
-			timer = time.NewTimer(backoff)
-		} else {
-			timer.Reset(backoff)
-		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Wait(ctx) {
 			return nil, ctx.Err()
-		case <-timer.C:
 		}
-		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
 // attempt takes the relay role if it is free, then connects to the relay.
 func (d *driver) attempt(ctx context.Context) (*link, error) {
 	if !d.noRelay && !d.isRelay() {
-		srv, err := listen(d.socket, d.maxMsg, d.maxQueue, nil)
+		if old := d.dropStoppedRelay(); old != nil {
+			// It stepped down: its lock is released once it is closed.
+			old.close()
+		}
+		srv, err := listen(d.socket, d.maxMsg, d.maxQueue, nil, func(err error) { d.inst.Report(err, edge.StageSubscribe) })
 		switch {
 		case err == nil:
 			d.mu.Lock()
@@ -345,7 +345,20 @@ func (d *driver) isClosed() bool {
 func (d *driver) isRelay() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.srv != nil
+	return d.srv != nil && !d.srv.stopped()
+}
+
+// dropStoppedRelay forgets and returns the instance's relay if it stopped
+// on its own, having stepped down.
+func (d *driver) dropStoppedRelay() *server {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	srv := d.srv
+	if srv == nil || !srv.stopped() {
+		return nil
+	}
+	d.srv = nil
+	return srv
 }
 
 // read delivers the frames that the relay forwards until the connection fails.

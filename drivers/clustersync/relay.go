@@ -195,6 +195,8 @@ func (s *server) stopped() bool {
 	select {
 	case <-s.done:
 		return true
+	case <-s.lost:
+		return true
 	default:
 		return false
 	}

@@ -3,12 +3,16 @@ package clustersync
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/reconnect"
 	"github.com/edgesync/edgesync/internal/testenv"
 )
 
@@ -204,5 +208,103 @@ func BenchmarkRelayCheck(b *testing.B) {
 		if err := s.check(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// refuser listens on socket like a relay that never greets: every
+// connection attempt of a driver is accepted, counted and closed.
+type refuser struct {
+	ln       *net.UnixListener
+	attempts chan struct{} // receives one value per connection
+}
+
+func refuse(t *testing.T, socket string) *refuser {
+	t.Helper()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &refuser{ln: ln, attempts: make(chan struct{}, 1000)}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+			select {
+			case r.attempts <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return r
+}
+
+// drain forgets the connection attempts counted so far.
+func (r *refuser) drain() {
+	for {
+		select {
+		case <-r.attempts:
+		default:
+			return
+		}
+	}
+}
+
+// await waits for n more connection attempts.
+func (r *refuser) await(t *testing.T, n int) {
+	t.Helper()
+	for i := range n {
+		testenv.Recv(t, r.attempts, waitTimeout, fmt.Sprintf("connection attempt %d of %d", i+1, n))
+	}
+}
+
+// TestOutageReportedOnce checks the reconnect rule: an outage is reported
+// once at StageSubscribe however many attempts fail during it, recovery is
+// silent, and the next loss is reported again. A Subscribe that fails
+// returns the error and keeps trying.
+func TestOutageReportedOnce(t *testing.T) {
+	socket := socketPath(t)
+	const attempts = 200
+	fast := reconnect.Backoff{Min: time.Millisecond, Max: time.Millisecond}
+
+	// No relay at startup: Subscribe returns the error, which the Hub
+	// reports, and the driver does not report it again.
+	fake := refuse(t, socket)
+	a := build(t, Options{Socket: socket, NoRelay: true, Channel: testenv.Channel(t)})
+	a.retry = fast
+	if err := a.Subscribe(context.Background(), a.rec.deliver); err == nil {
+		t.Fatal("Subscribe succeeded with no relay")
+	}
+	fake.drain()
+	fake.await(t, attempts)
+	if n := a.log.Count(edge.StageSubscribe); n != 0 {
+		t.Fatalf("after %d failed attempts the outage that Subscribe returned was reported %d times: %v", attempts, n, a.log)
+	}
+
+	// A relay comes: a connects, silently.
+	fake.drain()
+	fake.ln.Close()
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- (&Relay{Socket: socket}).Serve(ctx) }()
+	b := start(t, Options{Socket: socket, NoRelay: true, Channel: a.channel})
+	probe(t, a, b)
+	if n := a.log.Count(edge.StageSubscribe); n != 0 {
+		t.Fatalf("recovery was reported: %v", a.log)
+	}
+
+	// The relay goes and does not come back for many attempts: one report.
+	stop()
+	if err := testenv.Recv(t, served, waitTimeout, "Serve to return"); err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	a.log.Await(t, edge.StageSubscribe, 0, waitTimeout)
+	fake = refuse(t, socket)
+	fake.await(t, attempts)
+	if n := a.log.Count(edge.StageSubscribe); n != 1 {
+		t.Fatalf("an outage of more than %d attempts was reported %d times: %v", attempts, n, a.log)
 	}
 }

@@ -397,11 +397,11 @@ func (d *driver) read(r *bufio.Reader, deliver func(edge.Message)) error {
 // handle delivers the message of one frame, unless it belongs to another
 // channel, is the instance's own echo or is malformed.
 func (d *driver) handle(frame []byte, deliver func(edge.Message)) {
-	if len(frame) == 0 || 1+int(frame[0]) > len(frame) {
-		d.inst.Report(fmt.Errorf("clustersync: frame of %d bytes too short for its channel name: %w", len(frame), envelope.ErrMalformed), edge.StageDelivery)
+	end, err := channelEnd(frame)
+	if err != nil {
+		d.inst.Report(err, edge.StageDelivery)
 		return
 	}
-	end := 1 + int(frame[0])
 	if string(frame[1:end]) != d.channel {
 		return
 	}
@@ -439,7 +439,14 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 		return ErrNotConnected
 	}
 
-	buf := d.wbuf[:0]
+	buf, errs := d.appendFrames(d.wbuf[:0], msgs)
+	return d.flush(ctx, conn, buf, errs)
+}
+
+// appendFrames appends to buf the frames of msgs, leaving out a message
+// that cannot be encoded or is too large to send, and returns the errors of
+// those.
+func (d *driver) appendFrames(buf []byte, msgs []edge.Message) ([]byte, []error) {
 	var errs []error
 	for _, msg := range msgs {
 		start := len(buf)
@@ -459,6 +466,13 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 		}
 		binary.BigEndian.PutUint32(buf[start:], uint32(n))
 	}
+	return buf, errs
+}
+
+// flush writes buf, the frames of a batch, to conn, and keeps buf for the
+// next batch unless it grew large. It returns errs joined with the error of
+// the write.
+func (d *driver) flush(ctx context.Context, conn *net.UnixConn, buf []byte, errs []error) error {
 	if len(buf) > 0 {
 		if err := write(ctx, conn, buf); err != nil {
 			errs = append(errs, err)

@@ -230,8 +230,8 @@ type link struct {
 
 // connect tries to take the relay role, then to connect, waiting between
 // attempts by backoff. With a giveUp time it returns the last error after
-// it; without one it tries until ctx is done. A failed attempt is a loss
-// of outage, if not nil.
+// it; without one it tries until ctx is done. A failed attempt is recorded
+// as a loss in outage, if it is not nil, which reports the first one only.
 func (d *driver) connect(ctx context.Context, backoff *reconnect.Backoff, giveUp time.Time, outage *reconnect.Outage) (*link, error) {
 	for {
 		l, err := d.attempt(ctx)

@@ -41,8 +41,9 @@ type Relay struct {
 	MaxQueueBytes int
 
 	// OnError, if set, is told why a client was disconnected (a frame
-	// too large or malformed, a client too slow) and of errors accepting
-	// connections. It must not block.
+	// too large or malformed, a client too slow), of errors accepting
+	// connections, and of what happened to the socket and lock files (see
+	// the package documentation). It must not block.
 	OnError func(err error)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/reconnect"
 )
 
 // Defaults for the zero values of Options and Relay.
@@ -24,13 +25,10 @@ const (
 // MaxChannelLen is the longest channel name, in bytes.
 const MaxChannelLen = 255
 
-// Timing of connection attempts.
+// Timing of connection attempts, which back off by package reconnect.
 const (
-	minBackoff     = 10 * time.Millisecond
-	maxBackoff     = 200 * time.Millisecond
 	startupTimeout = 2 * time.Second // how long Subscribe tries before it returns an error
 	greetTimeout   = 2 * time.Second // how long a relay may take to greet a new client
-	reportEvery    = 5 * time.Second // how often a continuing outage is reported
 )
 
 var (
@@ -160,6 +158,8 @@ type driver struct {
 	wbuf []byte
 
 	wg sync.WaitGroup // the run goroutine
+
+	retry reconnect.Backoff // between connection attempts; the zero value but in tests
 }
 
 // Subscribe connects to the relay, or becomes it, and delivers what other
@@ -187,17 +187,32 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 }
 
 // run keeps the connection to the relay: it reads from it, and when it is
-// lost, reports the outage and connects again.
+// lost, reports the outage and connects again, by the rule of package
+// reconnect.
 func (d *driver) run(ctx context.Context, deliver func(edge.Message), ready chan<- error) {
 	defer d.wg.Done()
-	l, err := d.connect(ctx, startupTimeout)
+	// A startup failure is Subscribe's error, which the Hub reports: it is
+	// the first report of its outage, which the driver does not repeat.
+	quiet := false
+	outage := reconnect.NewOutage(func(err error, stage edge.Stage) {
+		if quiet {
+			quiet = false
+			return
+		}
+		d.inst.Report(err, stage)
+	})
+	backoff := d.retry
+	l, err := d.connect(ctx, &backoff, time.Now().Add(startupTimeout), nil)
 	if err != nil {
-		ready <- fmt.Errorf("clustersync: connect to %s: %w", d.socket, err)
+		err = fmt.Errorf("clustersync: connect to %s: %w", d.socket, err)
+		ready <- err
 		ready = nil
+		quiet = true
+		outage.Lost(err)
 	}
 	for {
 		if l == nil {
-			if l, err = d.connect(ctx, 0); err != nil {
+			if l, err = d.connect(ctx, &backoff, time.Time{}, outage); err != nil {
 				return // ctx is done
 			}
 		}
@@ -213,13 +228,15 @@ func (d *driver) run(ctx context.Context, deliver func(edge.Message), ready chan
 			ready <- nil
 			ready = nil
 		}
+		outage.Restored()
+		backoff.Reset()
 		err := d.read(l.r, deliver)
 		d.detach(l.conn)
 		l = nil
 		if ctx.Err() != nil || d.isClosed() {
 			return
 		}
-		d.inst.Report(fmt.Errorf("clustersync: lost connection to relay at %s: %w", d.socket, err), edge.StageSubscribe)
+		outage.Lost(fmt.Errorf("clustersync: lost connection to relay at %s: %w", d.socket, err))
 	}
 }
 
@@ -229,23 +246,11 @@ type link struct {
 	r    *bufio.Reader
 }
 
-// connect tries to take the relay role, then to connect, with a capped
-// backoff. With a timeout it gives up after it, returning the last error;
-// without one it tries until ctx is done, reporting the outage every now and
-// then.
-func (d *driver) connect(ctx context.Context, timeout time.Duration) (*link, error) {
-	var giveUp time.Time
-	if timeout > 0 {
-		giveUp = time.Now().Add(timeout)
-	}
-	lastReport := time.Now()
-	backoff := minBackoff
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+// connect tries to take the relay role, then to connect, waiting between
+// attempts by backoff. With a giveUp time it returns the last error after
+// it; without one it tries until ctx is done. A failed attempt is recorded
+// as a loss in outage, if it is not nil, which reports the first one only.
+func (d *driver) connect(ctx context.Context, backoff *reconnect.Backoff, giveUp time.Time, outage *reconnect.Outage) (*link, error) {
 	for {
 		l, err := d.attempt(ctx)
 		if err == nil {
@@ -254,31 +259,26 @@ func (d *driver) connect(ctx context.Context, timeout time.Duration) (*link, err
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if timeout > 0 && time.Now().After(giveUp) {
+		if !giveUp.IsZero() && time.Now().After(giveUp) {
 			return nil, err
 		}
-		if timeout == 0 && time.Since(lastReport) >= reportEvery {
-			lastReport = time.Now()
-			d.inst.Report(fmt.Errorf("clustersync: still no relay at %s: %w", d.socket, err), edge.StageSubscribe)
+		if outage != nil {
+			outage.Lost(fmt.Errorf("clustersync: no relay at %s: %w", d.socket, err))
 		}
-		if timer == nil {
-			timer = time.NewTimer(backoff)
-		} else {
-			timer.Reset(backoff)
-		}
-		select {
-		case <-ctx.Done():
+		if !backoff.Wait(ctx) {
 			return nil, ctx.Err()
-		case <-timer.C:
 		}
-		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
 // attempt takes the relay role if it is free, then connects to the relay.
 func (d *driver) attempt(ctx context.Context) (*link, error) {
 	if !d.noRelay && !d.isRelay() {
-		srv, err := listen(d.socket, d.maxMsg, d.maxQueue, nil)
+		if old := d.dropStoppedRelay(); old != nil {
+			// It stepped down: its lock is released once it is closed.
+			old.close()
+		}
+		srv, err := listen(d.socket, d.maxMsg, d.maxQueue, nil, func(err error) { d.inst.Report(err, edge.StageSubscribe) })
 		switch {
 		case err == nil:
 			d.mu.Lock()
@@ -363,7 +363,20 @@ func (d *driver) isClosed() bool {
 func (d *driver) isRelay() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.srv != nil
+	return d.srv != nil && !d.srv.stopped()
+}
+
+// dropStoppedRelay forgets and returns the instance's relay if it stopped
+// on its own, having stepped down.
+func (d *driver) dropStoppedRelay() *server {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	srv := d.srv
+	if srv == nil || !srv.stopped() {
+		return nil
+	}
+	d.srv = nil
+	return srv
 }
 
 // read delivers the frames that the relay forwards until the connection fails.
@@ -402,11 +415,11 @@ func (d *driver) read(r *bufio.Reader, deliver func(edge.Message)) error {
 // handle delivers the message of one frame, unless it belongs to another
 // channel, is the instance's own echo or is malformed.
 func (d *driver) handle(frame []byte, deliver func(edge.Message)) {
-	if len(frame) == 0 || 1+int(frame[0]) > len(frame) {
-		d.inst.Report(fmt.Errorf("clustersync: frame of %d bytes too short for its channel name: %w", len(frame), envelope.ErrMalformed), edge.StageDelivery)
+	end, err := channelEnd(frame)
+	if err != nil {
+		d.inst.Report(err, edge.StageDelivery)
 		return
 	}
-	end := 1 + int(frame[0])
 	if string(frame[1:end]) != d.channel {
 		return
 	}
@@ -444,7 +457,14 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 		return ErrNotConnected
 	}
 
-	buf := d.wbuf[:0]
+	buf, errs := d.appendFrames(d.wbuf[:0], msgs)
+	return d.flush(ctx, conn, buf, errs)
+}
+
+// appendFrames appends to buf the frames of msgs, leaving out a message
+// that cannot be encoded or is too large to send, and returns the errors of
+// those.
+func (d *driver) appendFrames(buf []byte, msgs []edge.Message) ([]byte, []error) {
 	var errs []error
 	for _, msg := range msgs {
 		start := len(buf)
@@ -464,6 +484,13 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 		}
 		binary.BigEndian.PutUint32(buf[start:], uint32(n))
 	}
+	return buf, errs
+}
+
+// flush writes buf, the frames of a batch, to conn, and keeps buf for the
+// next batch unless it grew large. It returns errs joined with the error of
+// the write.
+func (d *driver) flush(ctx context.Context, conn *net.UnixConn, buf []byte, errs []error) error {
 	if len(buf) > 0 {
 		if err := write(ctx, conn, buf); err != nil {
 			errs = append(errs, err)

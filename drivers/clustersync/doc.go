@@ -17,10 +17,13 @@
 // # Failover
 //
 // The kernel releases the lock when the relay's process exits, even when it is
-// killed with SIGKILL. The other processes then lose their connection, report
-// the outage at edge.StageSubscribe, and try again, first to take the lock,
-// then to connect, every 10 ms doubling to 200 ms: the first to take the lock
-// becomes the new relay and the others connect to it. Messages published
+// killed with SIGKILL. The other processes then lose their connection and try
+// again, first to take the lock, then to connect: the first to take the lock
+// becomes the new relay and the others connect to it. They reconnect by the
+// rule of every edgesync driver (see edge.Driver's Subscribe): the outage is
+// reported once, at edge.StageSubscribe, however long it lasts; recovery is
+// silent; attempts back off from 10 ms to 1 s with jitter, and start again
+// from 10 ms after a connection succeeds. Messages published
 // while a process has no relay are not queued: Publish fails, as at-most-once
 // delivery allows. A relay that is closed (Close, Relay.Serve returning)
 // removes its socket and releases the lock, and the next election happens at
@@ -30,6 +33,35 @@
 // A supervisor may run the relay itself with a Relay. Drivers then connect to
 // it, but they still take the relay role over if it goes away, unless
 // Options.NoRelay is set.
+//
+// # Socket and lock files
+//
+// The relay is whoever holds the flock of the file now at Socket + ".lock";
+// the socket only tells the others where the relay listens. A relay checks
+// both paths once a second (three stat calls), so that someone removing or
+// replacing them (a cleaner of temporary files, a mistaken rm) does not cut
+// new instances off while the old ones keep relaying:
+//
+//   - The socket file was removed: the relay listens again at its path,
+//     and reports it. The members connected to it never notice; a new
+//     instance that started meanwhile keeps trying, and joins within about a
+//     second.
+//   - Another file, or another socket, was put at the socket's path: the
+//     relay never removes what it did not create. It reports the file once
+//     and keeps relaying for its members; new instances cannot connect
+//     until the file is removed, and the relay then listens again.
+//   - The lock file was removed or replaced: the relay takes the lock of the
+//     file now at the path (creating it if need be), and keeps relaying. If
+//     another relay already holds that lock, having started while the lock
+//     file was missing, the relay steps down: it reports it, disconnects its
+//     members, which connect to the other relay, and removes nothing of the
+//     other's; a Relay's Serve then returns an error wrapping ErrRelayActive.
+//
+// A relay that has just taken a new lock removes a socket left at the path,
+// as one does at startup. A relay that stops removes its socket only while
+// the file at the path is still the one it bound. The reports go to
+// Relay.OnError, or, for the relay of a driver, to the Hub's OnError at
+// edge.StageSubscribe.
 //
 // # Wire format
 //

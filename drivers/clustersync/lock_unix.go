@@ -12,6 +12,9 @@ import (
 // tryLock takes an exclusive flock on the file at path, creating it, without
 // waiting. It returns an error wrapping ErrRelayActive when another open file
 // holds the lock. Closing the file, or the death of the process, releases it.
+// The lock elects the relay only while the file is still the one at path,
+// which a relay checks (server.checkLock): a lock on a file since removed or
+// replaced elects no one.
 func tryLock(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {

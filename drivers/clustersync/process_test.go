@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/testenv"
 )
 
 // The environment of a helper process.
@@ -399,4 +400,43 @@ func hasPrefix(texts map[string]int, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// TestProcessesSocketRemoved removes the socket file under a cluster of real
+// processes: the relay listens again, and a process started after that
+// joins the others, in both directions.
+func TestProcessesSocketRemoved(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	c := &cluster{t: t, socket: socketPath(t), channel: testenv.Channel(t), notify: make(chan struct{}, 1)}
+	procs := []*proc{c.spawn("p0"), c.spawn("p1")}
+	for _, p := range procs {
+		p.expect("ready")
+	}
+	relays := roles(procs)
+	if len(relays) != 1 {
+		t.Fatalf("%d processes relay, want 1", len(relays))
+	}
+	if err := os.Remove(c.socket); err != nil {
+		t.Fatal(err)
+	}
+	c.exchange("removed", 5, procs)
+	relays[0].expect("err subscribe clustersync: relay: socket " + c.socket + " was removed")
+
+	procs = append(procs, c.spawn("p2"))
+	procs[2].expect("ready")
+	if relays := roles(procs); len(relays) != 1 || relays[0] == procs[2] {
+		t.Fatal("the newcomer took the relay role, or no process relays")
+	}
+	c.exchange("after", 5, procs)
+	c.checkOnce(procs)
+	for _, p := range procs {
+		p.stdin.Close()
+	}
+	for _, p := range procs {
+		if err := testenv.Recv(t, p.exited, waitTimeout, p.name+" to exit"); err != nil {
+			t.Errorf("%s exited with %v", p.name, err)
+		}
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/edgesync/edgesync/internal/testenv"
-	"go.uber.org/goleak"
 )
 
 // TestMain makes the directory for the programs the tests build, and
@@ -19,8 +18,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	testenv.VerifyTestMain(m, goleak.Cleanup(func(code int) {
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}))
+	code := testenv.RunTests(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
 }

@@ -113,18 +113,6 @@ var buildChat = sync.OnceValues(func() (string, error) {
 // binDir holds the programs the tests build.
 var binDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "edgesync-tests")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
 var listening = regexp.MustCompile(`chat listening addr=(\S+)`)
 
 // chatProcess is one running chat server.

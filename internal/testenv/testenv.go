@@ -1,7 +1,8 @@
 // Package testenv finds the services that edgesync's tests run against and
 // names their channels. It also holds what the tests of several packages
-// share: an ErrorLog that records reported errors, and the crossws envelope
-// vectors.
+// share: an ErrorLog that records reported errors, the crossws envelope
+// vectors, and the leak check that every test package runs from its
+// TestMain (VerifyTestMain).
 //
 // A test that needs Redis or Postgres asks for its URL here. When the server
 // does not answer, the test is skipped with a one-line reason, unless

@@ -245,3 +245,24 @@ func TestFloodersArePacedAcrossHubs(t *testing.T) {
 		t.Errorf("the hubs reported %v", errs)
 	}
 }
+
+// A peer that goes on flooding queues its pong behind its own backlog: once
+// that backlog takes longer than PingTimeout to read at the peer's rate, the
+// peer is dropped as unresponsive.
+func TestLongFloodEndsAtPingTimeout(t *testing.T) {
+	s := start(t, edge.Hooks{}, func(h *longlived.Handler) {
+		h.MessagesPerSecond = 100
+		h.PingInterval, h.PingTimeout = 100*time.Millisecond, 300*time.Millisecond
+	})
+	c, p := s.dial(t, "/")
+	c.CloseRead(context.Background()) // the client answers pings, as browsers do
+	go func() {
+		for c.Write(context.Background(), websocket.MessageText, []byte("f")) == nil {
+		}
+	}()
+	ev := recv(t, s.errs, "Hooks.Error")
+	if ev.peer.ID() != p.ID() || !errors.Is(ev.err, longlived.ErrPingTimeout) {
+		t.Fatalf("Hooks.Error(%s, %v), want peer %s with ErrPingTimeout", ev.peer.ID(), ev.err, p.ID())
+	}
+	s.expectClosed(t, p, 1006)
+}

@@ -46,9 +46,10 @@
 //
 // Frames are bounded too, since ReadLimit and BytesPerSecond count payload
 // bytes only and empty frames cost none: a message of more than
-// MaxMessageFrames frames, or more than FramesPerSecond frames in a second,
-// control frames included, has the peer reported to Hooks.Error with
-// ErrTooManyFrames and closed with 1008 Policy Violation.
+// MaxMessageFrames frames, or more than FramesPerSecond frames in a second
+// besides the first of each message (continuation and control frames), has
+// the peer reported to Hooks.Error with ErrTooManyFrames and closed with
+// 1008 Policy Violation.
 //
 // # Writing
 //

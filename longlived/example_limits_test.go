@@ -30,7 +30,7 @@ func ExampleHandler_inboundLimits() {
 	h.InboundBurst = time.Second // 4 MiB at once after a quiet spell
 	h.MessagesPerSecond = 200    // paced, not closed, beyond this
 	h.MaxMessageFrames = 4096    // clients that write 256-byte fragments
-	h.FramesPerSecond = 20000    // closed beyond this, control frames included
+	h.FramesPerSecond = 20000    // continuation and control frames; closed beyond
 	mux := http.NewServeMux()
 	mux.Handle("/_ws", h) // then serve mux, and call h.Close on shutdown
 }

@@ -12,8 +12,8 @@ import (
 
 // ErrTooManyFrames is reported to Hooks.Error, wrapped with the limit that
 // was crossed, when a peer sends more than MaxMessageFrames frames in one
-// message or more than FramesPerSecond frames a second. The peer is then
-// closed with 1008 Policy Violation.
+// message, or more than FramesPerSecond continuation and control frames a
+// second. The peer is then closed with 1008 Policy Violation.
 var ErrTooManyFrames = errors.New("longlived: too many frames, peer closed")
 
 // statusPolicy is the close status of a peer that crossed a frame limit.
@@ -27,9 +27,10 @@ const statusPolicy = 1008 // websocket.StatusPolicyViolation
 //     the library returns is complete only if frameConn has counted it:
 //     coder/websocket v1.8.15 returns the part of a message it has read as
 //     a complete message when the connection ends inside it.
-//   - It bounds the frames in one message and a second, which the library
-//     does not: empty frames cost no bytes of ReadLimit. Once a bound is
-//     crossed every Read fails with ErrTooManyFrames.
+//   - It bounds the frames in one message, and the frames a second besides
+//     the first of each message, which the library does not: empty frames
+//     cost no bytes of ReadLimit. Once a bound is crossed every Read fails
+//     with ErrTooManyFrames.
 //
 // Reads are serialized by the library, and they happen before the read
 // loop looks at complete, so the parse state needs no lock.
@@ -38,7 +39,7 @@ type frameConn struct {
 	pending []byte // bytes read ahead of the connection, read first
 
 	maxMessage int    // frames in one message; <= 0 means no bound
-	perSecond  bucket // frames a second; off when its rate is 0
+	perSecond  bucket // continuation and control frames a second; off when its rate is 0
 
 	head      [14]byte // the frame header being read
 	headLen   int      // bytes of head read so far
@@ -99,7 +100,7 @@ func (fc *frameConn) messages() int64 { return fc.complete.Load() }
 // observe follows the frames in b, the next bytes of the stream. It returns
 // the error, also kept for later Reads, of a bound crossed.
 func (fc *frameConn) observe(b []byte) error {
-	started := 0 // frames whose header ended in b
+	extra := 0 // frames that began in b, besides the first of a message
 	for len(b) > 0 {
 		if fc.remaining > 0 {
 			k := uint64(len(b))
@@ -127,21 +128,25 @@ func (fc *frameConn) observe(b []byte) error {
 		if fc.headLen < 2 || fc.headLen < fc.headNeed {
 			continue
 		}
-		if err := fc.header(); err != nil {
+		first, err := fc.header()
+		if err != nil {
 			fc.err = err
 			return err
 		}
-		started++
+		if !first {
+			extra++
+		}
 	}
-	if started > 0 && fc.perSecond.rate > 0 && fc.perSecond.take(time.Now(), float64(started)) > 0 {
-		fc.err = fmt.Errorf("%w: more than %.0f frames a second", ErrTooManyFrames, fc.perSecond.rate)
+	if extra > 0 && fc.perSecond.rate > 0 && fc.perSecond.take(time.Now(), float64(extra)) > 0 {
+		fc.err = fmt.Errorf("%w: more than %.0f continuation and control frames a second", ErrTooManyFrames, fc.perSecond.rate)
 		return fc.err
 	}
 	return nil
 }
 
-// header starts the frame whose header is complete in head.
-func (fc *frameConn) header() error {
+// header starts the frame whose header is complete in head, and reports
+// whether it is the first frame of a data message.
+func (fc *frameConn) header() (first bool, err error) {
 	h := fc.head[:fc.headLen]
 	fc.headLen = 0
 	fc.fin = h[0]&0x80 != 0
@@ -157,13 +162,14 @@ func (fc *frameConn) header() error {
 	if fc.data {
 		fc.frames++
 		if fc.maxMessage > 0 && fc.frames > fc.maxMessage {
-			return fmt.Errorf("%w: more than %d frames in one message", ErrTooManyFrames, fc.maxMessage)
+			return false, fmt.Errorf("%w: more than %d frames in one message", ErrTooManyFrames, fc.maxMessage)
 		}
+		first = fc.frames == 1
 	}
 	if fc.remaining == 0 {
 		fc.frameDone()
 	}
-	return nil
+	return first, nil
 }
 
 // frameDone ends the current frame, whose payload has arrived whole.

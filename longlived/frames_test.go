@@ -257,9 +257,10 @@ func TestTooManyFrames(t *testing.T) {
 	for range 40 {
 		empties = append(empties, whole(opContinuation, ""))
 	}
-	smallMessages := make([][]byte, 400)
-	for i := range smallMessages {
-		smallMessages[i] = whole(fin|opText, "")
+	var fragmented [][]byte // messages of five frames each
+	for range 100 {
+		fragmented = append(fragmented, whole(opText, "a"), whole(opContinuation, ""),
+			whole(opContinuation, ""), whole(opContinuation, ""), whole(fin|opContinuation, ""))
 	}
 	for _, tc := range []struct {
 		name      string
@@ -268,7 +269,7 @@ func TestTooManyFrames(t *testing.T) {
 	}{
 		{"empty continuations in one message", func(h *longlived.Handler) { h.MaxMessageFrames = 16 }, empties},
 		{"pings", func(h *longlived.Handler) { h.FramesPerSecond = 100 }, pings},
-		{"messages", func(h *longlived.Handler) { h.FramesPerSecond = 100; h.MessagesPerSecond = -1 }, smallMessages},
+		{"fragmented messages", func(h *longlived.Handler) { h.FramesPerSecond = 100; h.MessagesPerSecond = -1 }, fragmented},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newChatRoom(t, tc.configure)
@@ -299,4 +300,23 @@ func (r *chatRoom) proveDeliveryAfterFlood(t *testing.T, msg string) {
 			return
 		}
 	}
+}
+
+// FramesPerSecond counts no message's first frame: a client sending many
+// small messages is paced by MessagesPerSecond alone, and loses none.
+func TestFramesPerSecondSparesMessages(t *testing.T) {
+	r := newChatRoom(t, func(h *longlived.Handler) { h.FramesPerSecond, h.MessagesPerSecond = 100, -1 })
+	c := r.dialRaw(t, "/", nil)
+	recv(t, r.opened, "Hooks.Open")
+	var frames [][]byte
+	for i := range 500 {
+		frames = append(frames, whole(fin|opText, fmt.Sprint(i)))
+	}
+	c.write(frames...)
+	for i := range 500 {
+		if got := recv(t, r.got, "Hooks.Message"); got != fmt.Sprint(i) {
+			t.Fatalf("Hooks.Message got %q, want %d", got, i)
+		}
+	}
+	r.proveDeliveryAfterFlood(t, "HEALTHY")
 }

@@ -33,7 +33,7 @@ const (
 	DefaultBytesPerSecond    = 1 << 20                // bytes a peer sends, sustained
 	DefaultInboundBurst      = 250 * time.Millisecond // how far ahead of those rates it may get
 	DefaultMaxMessageFrames  = 1024                   // frames in one message a peer sends
-	DefaultFramesPerSecond   = 10000                  // frames a peer sends, control frames included
+	DefaultFramesPerSecond   = 10000                  // continuation and control frames a peer sends
 )
 
 // StatusSlowConsumer is the WebSocket close status sent to a peer whose write
@@ -115,11 +115,12 @@ type Handler struct {
 	// ErrTooManyFrames and closed with 1008 Policy Violation. 0 means
 	// DefaultMaxMessageFrames and a negative value means no limit.
 	MaxMessageFrames int
-	// FramesPerSecond is how many frames a second, control frames
-	// included, one peer may send, with a burst of as many: a peer that
-	// sends more is closed as for MaxMessageFrames. It bounds the work of
-	// frames that carry no payload, which ReadLimit and BytesPerSecond do
-	// not count; keep it above MessagesPerSecond. 0 means
+	// FramesPerSecond is how many frames a second one peer may send
+	// besides the first frame of each message, which MessagesPerSecond
+	// paces: continuation frames and control frames (pings, pongs), with
+	// a burst of as many. A peer that sends more is closed as for
+	// MaxMessageFrames. It bounds the work of frames that carry little or
+	// no payload, which ReadLimit and BytesPerSecond do not count. 0 means
 	// DefaultFramesPerSecond and a negative value means no limit.
 	FramesPerSecond int
 

@@ -21,6 +21,36 @@
 // for longer than PingTimeout gets its peer closed as unresponsive. Error may
 // run on any goroutine, concurrently with Message.
 //
+// # Reading and its limits
+//
+// A message reaches Hooks.Message only once its final frame has arrived
+// whole. A connection that ends inside a message (a fragment without its
+// final frame, or a frame shorter than its header announced) delivers
+// nothing of it: the peer ends as a dropped connection, and Hooks.Close
+// receives 1006.
+//
+// What one peer sends is paced by two token buckets, MessagesPerSecond and
+// BytesPerSecond, which a quiet peer may get ahead of by InboundBurst (by
+// default 1,000 messages and 1 MiB a second, 250 ms ahead). A peer that
+// sends faster is slowed down, not closed: once it has read a message its
+// budget does not cover, the read loop waits until the budget has refilled
+// before it hands the message on and reads the next. Meanwhile nothing is
+// read from the connection, so TCP flow control holds the client back: its
+// writes block, or a browser's WebSocket.bufferedAmount grows. Nothing is
+// dropped, and other peers, on this instance and others, are not slowed.
+// Hooks.Message never sees more from a peer than the burst plus the rates
+// times the time since it connected. The pongs of a peer that keeps sending
+// faster queue behind its own backlog: once the backlog takes longer than
+// PingTimeout to read at the peer's rates, the peer is dropped as
+// unresponsive (ErrPingTimeout, then 1006).
+//
+// Frames are bounded too, since ReadLimit and BytesPerSecond count payload
+// bytes only and empty frames cost none: a message of more than
+// MaxMessageFrames frames, or more than FramesPerSecond frames in a second
+// besides the first of each message (continuation and control frames), has
+// the peer reported to Hooks.Error with ErrTooManyFrames and closed with
+// 1008 Policy Violation.
+//
 // # Writing
 //
 // Each peer has a write queue capped in bytes (WriteQueueBytes) and at most
@@ -45,6 +75,8 @@
 //
 //   - 1001 Going Away: Handler.Close, or the Hub was closed.
 //   - 1007 Invalid Frame Payload Data: a text message that is not UTF-8.
+//   - 1008 Policy Violation: more frames than MaxMessageFrames or
+//     FramesPerSecond allow.
 //   - 1009 Message Too Big: a message longer than ReadLimit.
 //   - 1011 Internal Error: a hook panicked.
 //   - StatusSlowConsumer (4008): the write queue overflowed.

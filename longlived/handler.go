@@ -2,6 +2,7 @@ package longlived
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,12 @@ const (
 	DefaultPingInterval    = 30 * time.Second
 	DefaultPingTimeout     = 10 * time.Second
 	DefaultWriteTimeout    = 10 * time.Second
+
+	DefaultMessagesPerSecond = 1000                   // messages a peer sends, sustained
+	DefaultBytesPerSecond    = 1 << 20                // bytes a peer sends, sustained
+	DefaultInboundBurst      = 250 * time.Millisecond // how far ahead of those rates it may get
+	DefaultMaxMessageFrames  = 1024                   // frames in one message a peer sends
+	DefaultFramesPerSecond   = 10000                  // continuation and control frames a peer sends
 )
 
 // StatusSlowConsumer is the WebSocket close status sent to a peer whose write
@@ -85,6 +92,38 @@ type Handler struct {
 	// times out is dropped. 0 means DefaultWriteTimeout.
 	WriteTimeout time.Duration
 
+	// MessagesPerSecond is how many messages a second one peer may send,
+	// sustained. A peer that sends faster is slowed down, not closed: its
+	// read loop waits before it hands on a message that the peer's budget
+	// does not cover, and reads nothing meanwhile, so that TCP flow
+	// control holds the peer back. Nothing is dropped and other peers are
+	// not affected. 0 means DefaultMessagesPerSecond and a negative value
+	// means no limit.
+	MessagesPerSecond int
+	// BytesPerSecond is how many bytes of messages a second one peer may
+	// send, sustained; it is enforced like MessagesPerSecond. A message
+	// larger than the burst waits until the budget has paid for it.
+	// 0 means DefaultBytesPerSecond and a negative value means no limit.
+	BytesPerSecond int
+	// InboundBurst is how far ahead of its rates a peer may get after a
+	// quiet spell: MessagesPerSecond × InboundBurst messages and
+	// BytesPerSecond × InboundBurst bytes pass without waiting. 0 means
+	// DefaultInboundBurst.
+	InboundBurst time.Duration
+	// MaxMessageFrames is the most frames a message from a peer may be
+	// made of. A peer that sends more is reported to Hooks.Error with
+	// ErrTooManyFrames and closed with 1008 Policy Violation. 0 means
+	// DefaultMaxMessageFrames and a negative value means no limit.
+	MaxMessageFrames int
+	// FramesPerSecond is how many frames a second one peer may send
+	// besides the first frame of each message, which MessagesPerSecond
+	// paces: continuation frames and control frames (pings, pongs), with
+	// a burst of as many. A peer that sends more is closed as for
+	// MaxMessageFrames. It bounds the work of frames that carry little or
+	// no payload, which ReadLimit and BytesPerSecond do not count. 0 means
+	// DefaultFramesPerSecond and a negative value means no limit.
+	FramesPerSecond int
+
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
 	active  int           // ServeHTTP calls admitted and not yet returned
@@ -103,7 +142,43 @@ func New(hub *edge.Hub, hooks edge.Hooks) *Handler {
 		PingInterval:    DefaultPingInterval,
 		PingTimeout:     DefaultPingTimeout,
 		WriteTimeout:    DefaultWriteTimeout,
+
+		MessagesPerSecond: DefaultMessagesPerSecond,
+		BytesPerSecond:    DefaultBytesPerSecond,
+		InboundBurst:      DefaultInboundBurst,
+		MaxMessageFrames:  DefaultMaxMessageFrames,
+		FramesPerSecond:   DefaultFramesPerSecond,
 	}
+}
+
+// limit resolves a limit field: 0 means def, a negative value no limit (0).
+func limit(v, def int) int {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
+}
+
+func (h *Handler) messagesPerSecond() int {
+	return limit(h.MessagesPerSecond, DefaultMessagesPerSecond)
+}
+
+func (h *Handler) bytesPerSecond() int { return limit(h.BytesPerSecond, DefaultBytesPerSecond) }
+
+func (h *Handler) maxMessageFrames() int {
+	return limit(h.MaxMessageFrames, DefaultMaxMessageFrames)
+}
+
+func (h *Handler) framesPerSecond() int { return limit(h.FramesPerSecond, DefaultFramesPerSecond) }
+
+func (h *Handler) inboundBurst() time.Duration {
+	if h.InboundBurst <= 0 {
+		return DefaultInboundBurst
+	}
+	return h.InboundBurst
 }
 
 func (h *Handler) readLimit() int64 {
@@ -174,7 +249,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	rec := &hijackRecorder{ResponseWriter: w}
+	rec := &hijackRecorder{ResponseWriter: w, maxFrames: h.maxMessageFrames(), framesPerSecond: h.framesPerSecond()}
 	conn, err := websocket.Accept(rec, r, &websocket.AcceptOptions{
 		Subprotocols:   subprotocols,
 		OriginPatterns: h.OriginPatterns,
@@ -185,6 +260,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	conn.SetReadLimit(h.readLimit())
 
 	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn}
+	p.frames, p.in = rec.conn, newInbound(h)
 	if len(accept.Attrs) > 0 {
 		p.attrs = maps.Clone(accept.Attrs)
 	}
@@ -337,10 +413,12 @@ func (h *Handler) Close(ctx context.Context) error {
 
 // hijackRecorder keeps the network connection that websocket.Accept
 // hijacks, so that a peer can be dropped at once whatever the state of its
-// WebSocket close handshake.
+// WebSocket close handshake. It hands the library a frameConn, which sees
+// every byte the library reads.
 type hijackRecorder struct {
 	http.ResponseWriter
-	conn net.Conn
+	maxFrames, framesPerSecond int
+	conn                       *frameConn
 }
 
 // Hijack implements http.Hijacker.
@@ -349,8 +427,16 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.conn = conn
-	return conn, brw, nil
+	fc := newFrameConn(conn, w.maxFrames, w.framesPerSecond)
+	// The server may have read the first frames along with the request:
+	// they are read through fc too, before the connection.
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		fc.pending = bytes.Clone(b)
+	}
+	brw.Reader.Reset(fc)
+	w.conn = fc
+	return fc, brw, nil
 }
 
 // Unwrap returns the ResponseWriter it wraps, for http.ResponseController.

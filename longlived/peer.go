@@ -32,6 +32,10 @@ const (
 // the peer, with a close handshake still to make.
 var errStopped = errors.New("longlived: read loop stopped")
 
+// errIncomplete ends the read loop when the connection ended inside a
+// message.
+var errIncomplete = errors.New("longlived: connection ended inside a message")
+
 // peer is one WebSocket connection held in memory: an edge.Peer for the
 // hooks and an edge.Endpoint for the Hub.
 type peer struct {
@@ -42,6 +46,9 @@ type peer struct {
 	member    *edge.Member
 	conn      *websocket.Conn
 	raw       net.Conn // the hijacked connection, closed to drop the peer
+
+	frames *frameConn // raw, which follows the frames the library reads
+	in     inbound    // paces the read loop
 
 	wg sync.WaitGroup // the writer, pinger and reporter goroutines
 
@@ -371,14 +378,28 @@ func (p *peer) open() {
 // Messages that arrive once the peer is closing are discarded.
 func (p *peer) readLoop() error {
 	ctx := context.Background()
+	defer p.in.stop()
+	var read int64 // messages coder/websocket has returned
 	for {
 		typ, b, err := p.conn.Read(ctx)
 		if err != nil {
+			if errors.Is(err, ErrTooManyFrames) {
+				p.report(err)
+				_ = p.Close(statusPolicy, "too many frames")
+				return errStopped
+			}
 			return err
+		}
+		if read++; read > p.frames.messages() {
+			// The connection ended inside this message, and
+			// coder/websocket returned what it had of it: the peer
+			// is dropped, the message is not delivered.
+			return errIncomplete
 		}
 		if p.isClosing() {
 			continue
 		}
+		p.in.wait(len(b), p.frames.done)
 		d := edge.Data{Bytes: b, Binary: typ == websocket.MessageBinary}
 		if !d.Binary && !utf8.Valid(b) {
 			_ = p.Close(statusInvalidPayload, "text message is not valid UTF-8")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/probe"
+	"github.com/edgesync/edgesync/internal/reconnect"
 )
 
 // Limits and defaults.
@@ -49,8 +52,8 @@ const (
 	minBackoff     = 50 * time.Millisecond  // first wait between reconnection attempts
 	maxBackoff     = time.Second            // longest wait between reconnection attempts
 	closeTimeout   = 500 * time.Millisecond // saying goodbye to the server on a closing connection
-	quietPeriod    = 30 * time.Second       // without notifications, after which the server is pinged
-	pingTimeout    = 5 * time.Second        // for the server to answer a ping
+	probeInterval  = time.Second            // between two checks of the listening connection
+	probeTimeout   = 3 * time.Second        // for a ping or a probe to come back
 )
 
 // Options configure the driver of one instance.
@@ -94,30 +97,35 @@ func New(opts Options) edge.Sync {
 
 // driver is the edge.BatchDriver of one instance.
 type driver struct {
-	inst        edge.Instance
-	channel     string
-	pool        *pgxpool.Pool
-	ownPool     bool
-	listenCfg   *pgx.ConnConfig // nil: the listening connection comes from pool
-	listenSQL   string
-	refPrefix   string // a large message's reference, up to its row id
-	retention   time.Duration
-	maxBytes    int
-	seed        maphash.Seed
-	ownPrefix   string        // how the envelopes of this instance begin
-	quietPeriod time.Duration // without notifications, after which the server is pinged
-	pings       atomic.Int64  // pings sent after quiet periods
-	scratch     sync.Pool     // of *batch
-	rbuf        []byte        // the listener's copy of a payload
+	inst      edge.Instance
+	channel   string
+	pool      *pgxpool.Pool
+	ownPool   bool
+	listenCfg *pgx.ConnConfig // nil: the listening connection comes from pool
+	listenSQL string
+	refPrefix string // a large message's reference, up to its row id
+	retention time.Duration
+	maxBytes  int
+	seed      maphash.Seed
+	ownPrefix string        // how the envelopes of this instance begin
+	probe     string        // how the probes of this instance begin
+	interval  time.Duration // see probeInterval
+	timeout   time.Duration // see probeTimeout
+	pings     atomic.Int64  // pings sent on the listening connection
+	probes    probe.State
+	outage    *reconnect.Outage
+	scratch   sync.Pool // of *batch
+	rbuf      []byte    // the listener's copy of a payload
 
 	tableMu     sync.Mutex
 	tableReady  bool      // the table edgesync_payloads exists
 	lastCleanup time.Time // when old large payloads were last deleted
 
-	closed atomic.Bool
-	mu     sync.Mutex
-	cancel context.CancelFunc // stops the listener; nil before Subscribe
-	done   chan struct{}      // closed when the listener has stopped
+	closed  atomic.Bool
+	mu      sync.Mutex
+	cancel  context.CancelFunc // stops the listener; nil before Subscribe
+	done    chan struct{}      // closed when the listener has stopped
+	probing sync.WaitGroup     // the prober
 }
 
 var _ edge.BatchDriver = (*driver)(nil)
@@ -130,15 +138,22 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 		return nil, errors.New("pgsync: Options needs a Pool or a ConnString")
 	}
 	d := &driver{
-		inst:        inst,
-		channel:     opts.Channel,
-		pool:        opts.Pool,
-		listenSQL:   "SET application_name = '" + ListenApplicationName + "'; LISTEN " + pgx.Identifier{opts.Channel}.Sanitize(),
-		retention:   opts.LargePayloadRetention,
-		maxBytes:    opts.MaxMessageBytes,
-		seed:        maphash.MakeSeed(),
-		quietPeriod: quietPeriod,
+		inst:      inst,
+		channel:   opts.Channel,
+		pool:      opts.Pool,
+		listenSQL: "SET application_name = '" + ListenApplicationName + "'; LISTEN " + pgx.Identifier{opts.Channel}.Sanitize(),
+		retention: opts.LargePayloadRetention,
+		maxBytes:  opts.MaxMessageBytes,
+		seed:      maphash.MakeSeed(),
+		probe:     probe.Prefix(inst.ID),
+		interval:  probeInterval,
+		timeout:   probeTimeout,
 	}
+	report := inst.Report
+	if report == nil {
+		report = func(error, edge.Stage) {}
+	}
+	d.outage = reconnect.NewOutage(report)
 	if d.retention <= 0 {
 		d.retention = DefaultLargePayloadRetention
 	}
@@ -234,9 +249,28 @@ func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
 		return d.publish(ctx, nil, [][]byte{env})
 	}
 	if _, err := d.pool.Exec(ctx, notifySQL, d.channel, env); err != nil {
+		d.publishFailed(err)
 		return fmt.Errorf("pgsync: publish to channel %q: %w", d.channel, err)
 	}
 	return nil
+}
+
+// publishFailed handles a failed publish. pgx closes a connection whose
+// query timed out, and the pool discards it; when the pool is the driver's
+// own, its idle connections, opened before the same network fault, are
+// discarded too, so that the next publish does not stall on one of them.
+func (d *driver) publishFailed(err error) {
+	if !d.ownPool || !isTimeout(err) {
+		return
+	}
+	d.pool.Reset()
+}
+
+// isTimeout reports whether err is a timeout: a deadline that ran out, or a
+// network timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // PublishBatch relays msgs to the other instances on the channel in one
@@ -366,6 +400,7 @@ func (d *driver) publish(ctx context.Context, small, large [][]byte) error {
 		}
 	}
 	if err != nil {
+		d.publishFailed(err)
 		what := "a message"
 		if n := len(small) + len(large); n > 1 {
 			what = fmt.Sprint(n, " messages")
@@ -394,6 +429,11 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 
 	conn, err := d.connect(ctx)
 	go d.run(ctx, conn, deliver)
+	d.probing.Add(1)
+	go func() {
+		defer d.probing.Done()
+		d.prober(ctx)
+	}()
 	if err != nil {
 		return fmt.Errorf("pgsync: listen on channel %q (retrying in the background): %w", d.channel, err)
 	}
@@ -413,6 +453,7 @@ func (d *driver) Close() error {
 	if cancel != nil {
 		cancel()
 		<-done
+		d.probing.Wait()
 	}
 	if d.ownPool {
 		d.pool.Close()

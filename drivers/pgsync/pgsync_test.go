@@ -858,7 +858,7 @@ func TestRegistryPages(t *testing.T) {
 func TestPingWhenQuiet(t *testing.T) {
 	pool := newPool(t, testenv.PostgresURL(t))
 	channel := testenv.Channel(t)
-	build, pings := pgsync.SetQuietPeriod(pgsync.New(pgsync.Options{Pool: pool, Channel: channel}), time.Millisecond)
+	build, pings := pgsync.SetProbeTiming(pgsync.New(pgsync.Options{Pool: pool, Channel: channel}), time.Millisecond, waitTimeout)
 	hub, rep := newHub(t, build)
 	_, ep := join(t, hub, "/n", "t")
 	// Pinging between notifications loses none of them.

@@ -782,7 +782,7 @@ func TestSilentConnectionIsReplaced(t *testing.T) {
 	bLog := testenv.NewErrorLog()
 	const ping = 100 * time.Millisecond
 	b, err := edge.New(edge.Options{
-		Sync:    redissync.NewWithPingInterval(redissync.Options{Client: viaProxy, Channel: channel}, ping),
+		Sync:    redissync.NewWithProbeTiming(redissync.Options{Client: viaProxy, Channel: channel}, ping, 5*ping),
 		OnError: bLog.OnError,
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,8 +112,9 @@ func (ta *tally) missing(n int) int {
 }
 
 // collect reads the frames of c into one tally per stream ("A", "B") until
-// the connection ends.
-func collect(c *client, tallies map[string]*tally) {
+// the connection ends. Any other frame (a probe that leaked out, say) is
+// counted in odd.
+func collect(c *client, tallies map[string]*tally, odd *atomic.Int64) {
 	go func() {
 		for {
 			select {
@@ -121,6 +123,8 @@ func collect(c *client, tallies map[string]*tally) {
 				seq, err := strconv.Atoi(num)
 				if ta := tallies[name]; ok && err == nil && ta != nil {
 					ta.add(seq, time.Now())
+				} else {
+					odd.Add(1)
 				}
 			case <-c.done:
 				return
@@ -171,7 +175,7 @@ func (p *publisher) last() int {
 	return p.seq
 }
 
-// halt stops the stream and returns the number of its last message.
+// halt stops the stream.
 func (p *publisher) halt() {
 	select {
 	case <-p.stop:
@@ -189,18 +193,21 @@ type faultCluster struct {
 	pubA, pubB *publisher
 	cross      map[string]*tally // "A" at b's client, "B" at a's client
 	local      *tally            // "B" at b's client
+	localA     *tally            // "A" at a's client
+	odd        atomic.Int64      // frames of neither stream
+	aLog       *testenv.ErrorLog
 }
 
 // startFaultCluster starts the two instances on their Syncs, their clients
 // and their streams, and waits until both directions deliver.
 func startFaultCluster(t *testing.T, syncA, syncB edge.Sync) *faultCluster {
 	t.Helper()
-	fc := &faultCluster{cross: map[string]*tally{"A": newTally(), "B": newTally()}, local: newTally()}
-	fc.a = startInstance(t, syncA)
+	fc := &faultCluster{cross: map[string]*tally{"A": newTally(), "B": newTally()}, local: newTally(), localA: newTally()}
+	fc.a, fc.aLog = watched(t, syncA)
 	fc.b, fc.bLog = watched(t, syncB)
 	ca, cb := dial(t, fc.a.url("/room")), dial(t, fc.b.url("/room"))
-	collect(ca, map[string]*tally{"B": fc.cross["B"]})
-	collect(cb, map[string]*tally{"A": fc.cross["A"], "B": fc.local})
+	collect(ca, map[string]*tally{"A": fc.localA, "B": fc.cross["B"]}, &fc.odd)
+	collect(cb, map[string]*tally{"A": fc.cross["A"], "B": fc.local}, &fc.odd)
 	fc.pubA = startPublisher(t, fc.a.hub, "A", periodA)
 	fc.pubB = startPublisher(t, fc.b.hub, "B", periodB)
 	fc.cross["A"].after(t, 0, wait, "A to B before the fault")
@@ -225,15 +232,31 @@ func (fc *faultCluster) finish(t *testing.T) {
 	t.Helper()
 	fc.pubA.halt()
 	fc.pubB.halt()
-	n := fc.pubB.last()
-	fc.local.after(t, n-1, wait, "B's last local message")
-	if m := fc.local.missing(n); m > 0 {
-		t.Errorf("local delivery missed %d of %d messages", m, n)
+	for name, c := range map[string]struct {
+		pub *publisher
+		ta  *tally
+	}{"A": {fc.pubA, fc.localA}, "B": {fc.pubB, fc.local}} {
+		n := c.pub.last()
+		c.ta.after(t, n-1, wait, name+"'s last local message")
+		if m := c.ta.missing(n); m > 0 {
+			t.Errorf("local delivery at %s missed %d of %d messages", name, m, n)
+		}
 	}
 	for name, in := range map[string]*instance{"A": fc.a, "B": fc.b} {
 		if st := in.hub.Stats(); st.Dropped > 0 {
 			t.Errorf("instance %s dropped %d messages: its relay queue was full", name, st.Dropped)
 		}
+	}
+	// The probes of each instance reach the other, which drops them
+	// silently: nothing is reported at StageDelivery, and no client
+	// receives anything but the streams.
+	for name, log := range map[string]*testenv.ErrorLog{"A": fc.aLog, "B": fc.bLog} {
+		if errs := log.Errors(edge.StageDelivery); len(errs) > 0 {
+			t.Errorf("instance %s reported at StageDelivery: %v", name, errs)
+		}
+	}
+	if n := fc.odd.Load(); n > 0 {
+		t.Errorf("the clients received %d frames of neither stream", n)
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -268,27 +291,25 @@ func within(t *testing.T, what string, got, bound time.Duration) {
 func pause(d time.Duration) { <-time.After(d) }
 
 // backplane builds the Syncs of the two instances of a fault test: a
-// reaches url directly, b through a proxy listening at via.
+// reaches url directly, b through a proxy at viaURL.
 type backplane struct {
 	name   string
 	url    func(t *testing.T) string
-	target func(url string) string         // the host:port of url
+	target func(url string) string // the host:port of url
 	syncs  func(t *testing.T, url, viaURL, channel string) (a, b edge.Sync)
 }
 
 var backplanes = []backplane{
 	{
-		name:   "redis",
-		url:    func(t *testing.T) string { return testenv.RedisURL(t) },
-		target: hostPort,
+		name: "redis",
+		url:  func(t *testing.T) string { return testenv.RedisURL(t) },
 		syncs: func(t *testing.T, url, viaURL, channel string) (edge.Sync, edge.Sync) {
 			return redisSync(t, url, channel), redisSync(t, viaURL, channel)
 		},
 	},
 	{
-		name:   "postgres",
-		url:    func(t *testing.T) string { return testenv.PostgresURL(t) },
-		target: hostPort,
+		name: "postgres",
+		url:  func(t *testing.T) string { return testenv.PostgresURL(t) },
 		syncs: func(t *testing.T, url, viaURL, channel string) (edge.Sync, edge.Sync) {
 			return pgsync.New(pgsync.Options{ConnString: url, Channel: channel}),
 				pgsync.New(pgsync.Options{ConnString: viaURL, Channel: channel})

@@ -23,8 +23,8 @@
 // every second, whatever the traffic, the driver pings the server on the
 // listening connection, and publishes a probe through the pool to its own
 // channel. When the ping is not answered, or the probe has not come back,
-// within 3 seconds, the listening connection is reported lost at
-// edge.StageSubscribe and replaced: a dead listener is found out within 4
+// within 2 seconds, the listening connection is reported lost at
+// edge.StageSubscribe and replaced: a dead listener is found out within 3
 // seconds. A probe is the notification
 //
 //	{"edgesync":"probe","id":"<instance id>","n":<number>}

@@ -53,7 +53,7 @@ const (
 	maxBackoff     = time.Second            // longest wait between reconnection attempts
 	closeTimeout   = 500 * time.Millisecond // saying goodbye to the server on a closing connection
 	probeInterval  = time.Second            // between two checks of the listening connection
-	probeTimeout   = 3 * time.Second        // for a ping or a probe to come back
+	probeTimeout   = 2 * time.Second        // for a ping or a probe to come back
 )
 
 // Options configure the driver of one instance.

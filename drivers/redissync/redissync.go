@@ -32,15 +32,19 @@
 // failover that left it on the wrong server). So every second, whatever the
 // traffic, the driver sends PING on the subscription connection, and
 // publishes a probe through the client's pool to its own channel. When the
-// PONG or the probe has not come back within 3 seconds, the subscription is
+// PONG or the probe has not come back within 2 seconds, the subscription is
 // reported lost at edge.StageSubscribe and replaced: a dead subscription is
-// found out within 4 seconds. A probe is the JSON object
+// found out within 3 seconds. A probe is the JSON object
 // {"edgesync":"probe","id":"<instance id>","n":<number>}, not an envelope:
 // other instances, and crossws instances, drop it without a report. Probes
 // that cannot be published (the publishing side is down too) prove nothing
 // and are not reported: the Hub reports the failing relays at
-// edge.StagePublish. A pool connection on which a PUBLISH timed out is
-// discarded by go-redis, not reused.
+// edge.StagePublish.
+//
+// On the publishing side, go-redis discards a pool connection on which a
+// PUBLISH timed out: it is not reused. A PUBLISH on a dead connection times
+// out after the client's ReadTimeout (5 seconds by default); it honours the
+// Hub's PublishTimeout only when the client's ContextTimeoutEnabled is set.
 //
 // # Clients
 //
@@ -98,7 +102,7 @@ const (
 	defaultProbeInterval = time.Second
 	// defaultProbeTimeout is how long a PONG or a probe may take to come
 	// back before the subscription is replaced.
-	defaultProbeTimeout = 3 * time.Second
+	defaultProbeTimeout = 2 * time.Second
 	// minBackoff and maxBackoff bound the wait between two attempts to
 	// subscribe again.
 	minBackoff = 5 * time.Millisecond

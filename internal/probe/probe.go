@@ -105,12 +105,14 @@ func (s *State) Published(n, gen uint64, at time.Time, ok bool) {
 	}
 }
 
-// Got records that probe n came back on the subscription.
+// Got records that probe n came back on the subscription. Only the last
+// probe counts: an older one, or a number never sent (a stranger's forgery),
+// changes nothing.
 func (s *State) Got(n uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.back = max(s.back, n)
-	if s.back >= s.n {
+	if n == s.n {
+		s.back = n
 		s.sent = time.Time{}
 	}
 }

@@ -79,3 +79,22 @@ func TestState(t *testing.T) {
 		t.Fatal("no probe after a failed one")
 	}
 }
+
+// A forged probe, with a number the instance never sent, does not switch
+// the check off.
+func TestStateIgnoresForgedNumbers(t *testing.T) {
+	var s State
+	s.Up()
+	s.Got(1 << 60)
+	n, gen, ok := s.Next()
+	if !ok {
+		t.Fatal("no probe")
+	}
+	start := time.Now()
+	s.Published(n, gen, start, true)
+	s.Got(n + 1)
+	s.Got(n - 1)
+	if !s.Overdue(start.Add(time.Hour), time.Second) {
+		t.Fatal("a probe that did not come back is not overdue")
+	}
+}

@@ -39,7 +39,7 @@ func SetProbeTiming(build edge.Sync, interval, timeout time.Duration) (_ edge.Sy
 			if err == nil {
 				mu.Lock()
 				d = dr.(*driver)
-				d.interval, d.timeout = interval, timeout
+				d.probePeriod, d.timeout = interval, timeout
 				mu.Unlock()
 			}
 			return dr, err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -90,7 +91,7 @@ func (d *driver) reconnect(ctx context.Context, backoff *reconnect.Backoff) *pgx
 func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.Message)) error {
 	d.probes.Up()
 	defer d.probes.Down()
-	next := time.Now().Add(d.interval)
+	next := time.Now().Add(d.probePeriod)
 	for {
 		until := next
 		if due, ok := d.probes.Due(d.timeout); ok && due.Before(until) {
@@ -110,7 +111,7 @@ func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.
 		if now.Before(next) {
 			continue
 		}
-		next = now.Add(d.interval)
+		next = now.Add(d.probePeriod)
 		d.pings.Add(1)
 		ping, cancel := context.WithTimeout(ctx, d.timeout)
 		err = conn.Ping(ping)
@@ -124,7 +125,7 @@ func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.
 // prober publishes a probe through the pool every interval while the
 // listening connection is up, one at a time, for receive to expect back.
 func (d *driver) prober(ctx context.Context) {
-	tick := time.NewTicker(d.interval)
+	tick := time.NewTicker(d.probePeriod)
 	defer tick.Stop()
 	var buf []byte
 	for {
@@ -146,6 +147,24 @@ func (d *driver) prober(ctx context.Context) {
 			d.publishFailed(err)
 		}
 	}
+}
+
+// publishFailed handles a failed publish. pgx closes a connection whose
+// query timed out, and the pool discards it; when the pool is the driver's
+// own, its idle connections, opened before the same network fault, are
+// discarded too, so that the next publish does not stall on one of them.
+func (d *driver) publishFailed(err error) {
+	if !d.ownPool || !isTimeout(err) {
+		return
+	}
+	d.pool.Reset()
+}
+
+// isTimeout reports whether err is a timeout: a deadline that ran out, or a
+// network timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // receiveUntil delivers the notifications of conn until wait is done or

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -97,35 +96,37 @@ func New(opts Options) edge.Sync {
 
 // driver is the edge.BatchDriver of one instance.
 type driver struct {
-	inst      edge.Instance
-	channel   string
-	pool      *pgxpool.Pool
-	ownPool   bool
-	listenCfg *pgx.ConnConfig // nil: the listening connection comes from pool
-	listenSQL string
-	refPrefix string // a large message's reference, up to its row id
-	retention time.Duration
-	maxBytes  int
-	seed      maphash.Seed
-	ownPrefix string        // how the envelopes of this instance begin
-	probe     string        // how the probes of this instance begin
-	interval  time.Duration // see probeInterval
-	timeout   time.Duration // see probeTimeout
-	pings     atomic.Int64  // pings sent on the listening connection
-	probes    probe.State
-	outage    *reconnect.Outage
-	scratch   sync.Pool // of *batch
-	rbuf      []byte    // the listener's copy of a payload
+	inst        edge.Instance
+	channel     string
+	pool        *pgxpool.Pool
+	ownPool     bool
+	listenCfg   *pgx.ConnConfig // nil: the listening connection comes from pool
+	listenSQL   string
+	refPrefix   string // a large message's reference, up to its row id
+	retention   time.Duration
+	maxBytes    int
+	seed        maphash.Seed
+	ownPrefix   string        // how the envelopes of this instance begin
+	probePeriod time.Duration // between two checks of the listening connection
+	pings       atomic.Int64  // pings sent on the listening connection
+	scratch     sync.Pool     // of *batch
+	rbuf        []byte        // the listener's copy of a payload
 
 	tableMu     sync.Mutex
 	tableReady  bool      // the table edgesync_payloads exists
 	lastCleanup time.Time // when old large payloads were last deleted
 
-	closed  atomic.Bool
-	mu      sync.Mutex
-	cancel  context.CancelFunc // stops the listener; nil before Subscribe
-	done    chan struct{}      // closed when the listener has stopped
-	probing sync.WaitGroup     // the prober
+	closed atomic.Bool
+	mu     sync.Mutex
+	cancel context.CancelFunc // stops the listener; nil before Subscribe
+	done   chan struct{}      // closed when the listener has stopped
+
+	// Liveness of the listening connection.
+	probe   string        // how the probes of this instance begin
+	timeout time.Duration // for a ping or a probe to come back
+	probes  probe.State
+	outage  *reconnect.Outage
+	probing sync.WaitGroup // the prober
 }
 
 var _ edge.BatchDriver = (*driver)(nil)
@@ -138,17 +139,16 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 		return nil, errors.New("pgsync: Options needs a Pool or a ConnString")
 	}
 	d := &driver{
-		inst:      inst,
-		channel:   opts.Channel,
-		pool:      opts.Pool,
-		listenSQL: "SET application_name = '" + ListenApplicationName + "'; LISTEN " + pgx.Identifier{opts.Channel}.Sanitize(),
-		retention: opts.LargePayloadRetention,
-		maxBytes:  opts.MaxMessageBytes,
-		seed:      maphash.MakeSeed(),
-		probe:     probe.Prefix(inst.ID),
-		interval:  probeInterval,
-		timeout:   probeTimeout,
+		inst:        inst,
+		channel:     opts.Channel,
+		pool:        opts.Pool,
+		listenSQL:   "SET application_name = '" + ListenApplicationName + "'; LISTEN " + pgx.Identifier{opts.Channel}.Sanitize(),
+		retention:   opts.LargePayloadRetention,
+		maxBytes:    opts.MaxMessageBytes,
+		seed:        maphash.MakeSeed(),
+		probePeriod: probeInterval,
 	}
+	d.probe, d.timeout = probe.Prefix(inst.ID), probeTimeout
 	report := inst.Report
 	if report == nil {
 		report = func(error, edge.Stage) {}
@@ -253,24 +253,6 @@ func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
 		return fmt.Errorf("pgsync: publish to channel %q: %w", d.channel, err)
 	}
 	return nil
-}
-
-// publishFailed handles a failed publish. pgx closes a connection whose
-// query timed out, and the pool discards it; when the pool is the driver's
-// own, its idle connections, opened before the same network fault, are
-// discarded too, so that the next publish does not stall on one of them.
-func (d *driver) publishFailed(err error) {
-	if !d.ownPool || !isTimeout(err) {
-		return
-	}
-	d.pool.Reset()
-}
-
-// isTimeout reports whether err is a timeout: a deadline that ran out, or a
-// network timeout.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 // PublishBatch relays msgs to the other instances on the channel in one

@@ -178,12 +178,8 @@ func TestPostgresListenerTerminated(t *testing.T) {
 func TestPostgresUnreachableAtStart(t *testing.T) {
 	t.Parallel()
 	url := testenv.PostgresURL(t)
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px := newProxy(t, fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port))
-	proxied := strings.Replace(url, fmt.Sprintf("%s:%d", cfg.ConnConfig.Host, cfg.ConnConfig.Port), px.addr, 1)
+	px, proxied := proxied(t, url)
+	px.Cut() // no server yet
 	channel := testenv.Channel(t)
 
 	b, log := watched(t, pgsync.New(pgsync.Options{ConnString: proxied, Channel: channel}))
@@ -191,7 +187,7 @@ func TestPostgresUnreachableAtStart(t *testing.T) {
 	b1, b2 := dial(t, b.url("/room")), dial(t, b.url("/room"))
 	stream(t, b1, b2, "local", 50)
 
-	px.start() // the server appears
+	px.Restore() // the server appears
 	a := startInstance(t, pgsync.New(pgsync.Options{ConnString: url, Channel: channel}))
 	ca := dial(t, a.url("/room"))
 	awaitRelay(t, ca, b1)
@@ -199,9 +195,9 @@ func TestPostgresUnreachableAtStart(t *testing.T) {
 
 	// And once more: the server goes away under a running instance.
 	reported := log.Count(edge.StageSubscribe)
-	px.cut()
+	px.Cut()
 	log.Await(t, edge.StageSubscribe, reported, wait)
-	px.start()
+	px.Restore()
 	awaitRelay(t, ca, b1)
 	stream(t, ca, b2, "after the server came back", 100)
 }

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -88,88 +87,4 @@ func (s *redisServer) stop() {
 		s.cmd.Wait()
 		s.cmd = nil
 	}
-}
-
-// proxy forwards TCP connections to a server; cutting it is what the
-// clients would see of a server that restarts or disappears. It listens from
-// newProxy to the end of the test, so that no other process takes its port,
-// and closes every connection while it is cut.
-type proxy struct {
-	target string
-	addr   string
-	ln     net.Listener
-	mu     sync.Mutex
-	open   bool
-	conns  map[net.Conn]struct{}
-}
-
-// newProxy returns a proxy to target that is cut until start.
-func newProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{target: target, addr: ln.Addr().String(), ln: ln, conns: make(map[net.Conn]struct{})}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.forward(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-	})
-	return p
-}
-
-// start forwards connections.
-func (p *proxy) start() {
-	p.mu.Lock()
-	p.open = true
-	p.mu.Unlock()
-}
-
-// cut closes every connection and refuses new ones.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.open = false
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-func (p *proxy) forward(c net.Conn) {
-	s, err := net.Dial("tcp", p.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	if !p.track(c, s) {
-		return
-	}
-	go func() { io.Copy(s, c); s.Close() }()
-	io.Copy(c, s)
-	c.Close()
-}
-
-// track registers the two ends of a forwarded connection, or closes them
-// while the proxy is cut.
-func (p *proxy) track(conns ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range conns {
-		if !p.open {
-			c.Close()
-			continue
-		}
-		p.conns[c] = struct{}{}
-	}
-	return p.open
 }

@@ -12,10 +12,35 @@
 // "edgesync-listen"), either dialled from Options.ConnString or taken out of
 // Options.Pool. When that connection dies the driver reconnects with backoff
 // (at most one second between attempts), LISTENs again and reports the outage
-// once at edge.StageSubscribe; after 30 seconds without a notification it
-// pings the server, so that a connection lost without a word is noticed too.
-// Relay is best effort, as with every edgesync driver: what is published
-// while an instance is not listening does not reach it.
+// once at edge.StageSubscribe. Relay is best effort, as with every edgesync
+// driver: what is published while an instance is not listening does not
+// reach it.
+//
+// # Liveness
+//
+// A connection can die without closing (a network that drops every packet, a
+// proxy that froze), and a listener can look healthy and receive nothing. So
+// every second, whatever the traffic, the driver pings the server on the
+// listening connection, and publishes a probe through the pool to its own
+// channel. When the ping is not answered, or the probe has not come back,
+// within 2 seconds, the listening connection is reported lost at
+// edge.StageSubscribe and replaced: a dead listener is found out within 3
+// seconds. A probe is the notification
+//
+//	{"edgesync":"probe","id":"<instance id>","n":<number>}
+//
+// which is not an envelope: other instances drop it without a report, and so
+// do crossws instances. A probe that cannot be published (the publishing
+// side is down too) proves nothing and is not reported; the Hub reports the
+// failing relays at edge.StagePublish.
+//
+// On the publishing side, a publish is bounded by the Hub's PublishTimeout.
+// pgx closes a connection whose query timed out, and the pool discards it.
+// When the driver built the pool itself (Options.Pool is nil), it also
+// discards the pool's idle connections then, which were opened before the
+// same fault, so that the next publish does not stall on one of them. A
+// user's pool is left alone: set its pgxpool.Config.PingTimeout so that a
+// dead idle connection is found out quickly when it is acquired.
 //
 // Messages are published with pg_notify on the pool, a batch in one
 // statement (unnest of an array of payloads), which commits without waiting

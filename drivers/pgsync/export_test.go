@@ -34,9 +34,10 @@ func SetPageSize(r *Registry, n int) { r.pageSize = n }
 // Prune deletes expired connections now.
 func Prune(ctx context.Context, r *Registry) (int64, error) { return r.prune(ctx) }
 
-// SetQuietPeriod sets how long the driver built by build waits without
-// notifications before it pings the server. pings counts those pings.
-func SetQuietPeriod(build edge.Sync, period time.Duration) (_ edge.Sync, pings func() int64) {
+// SetProbeTiming sets how often the driver built by build checks its
+// listening connection, and how long a ping or a probe may take. pings
+// counts the pings on the listening connection.
+func SetProbeTiming(build edge.Sync, interval, timeout time.Duration) (_ edge.Sync, pings func() int64) {
 	var d *driver
 	var mu sync.Mutex
 	return func(inst edge.Instance) (edge.Driver, error) {
@@ -44,7 +45,7 @@ func SetQuietPeriod(build edge.Sync, period time.Duration) (_ edge.Sync, pings f
 			if err == nil {
 				mu.Lock()
 				d = dr.(*driver)
-				d.quietPeriod = period
+				d.probePeriod, d.timeout = interval, timeout
 				mu.Unlock()
 			}
 			return dr, err

@@ -4,13 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/probe"
+	"github.com/edgesync/edgesync/internal/reconnect"
 )
 
 // connect opens the listening connection and LISTENs on the channel.
@@ -45,83 +47,134 @@ func closeConn(conn *pgx.Conn) {
 }
 
 // run receives notifications on conn until ctx is done, reconnecting when the
-// connection is lost. conn is nil when the first attempt failed, which
-// Subscribe has reported.
+// connection is lost or found dead. conn is nil when the first attempt
+// failed, which Subscribe has reported.
 func (d *driver) run(ctx context.Context, conn *pgx.Conn, deliver func(edge.Message)) {
 	defer close(d.done)
+	backoff := reconnect.Backoff{Min: minBackoff, Max: maxBackoff}
 	for {
 		if conn == nil {
-			if conn = d.reconnect(ctx); conn == nil {
+			if conn = d.reconnect(ctx, &backoff); conn == nil {
 				return
 			}
 		}
+		backoff.Reset()
+		d.outage.Restored()
 		err := d.receive(ctx, conn, deliver)
 		closeConn(conn)
 		conn = nil
 		if ctx.Err() != nil {
 			return
 		}
-		d.inst.Report(fmt.Errorf("pgsync: channel %q: lost the LISTEN connection, reconnecting: %w", d.channel, err), edge.StageSubscribe)
+		d.outage.Lost(fmt.Errorf("pgsync: channel %q: lost the LISTEN connection, reconnecting: %w", d.channel, err))
 	}
 }
 
 // reconnect tries to connect until it succeeds or ctx is done (nil), waiting
-// longer after each failure, up to maxBackoff.
-func (d *driver) reconnect(ctx context.Context) *pgx.Conn {
-	wait := minBackoff
-	timer := time.NewTimer(0) // the first attempt is immediate
-	defer timer.Stop()
+// by backoff between attempts. The first attempt is immediate.
+func (d *driver) reconnect(ctx context.Context, backoff *reconnect.Backoff) *pgx.Conn {
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-timer.C:
-		}
 		if conn, err := d.connect(ctx); err == nil {
 			return conn
 		}
-		// Jitter spreads the instances that lost the same server.
-		timer.Reset(wait/2 + rand.N(wait/2+1))
-		wait = min(2*wait, maxBackoff)
+		if !backoff.Wait(ctx) {
+			return nil
+		}
 	}
 }
 
-// receive delivers the notifications of conn until it fails. After a quiet
-// period it pings the server, so that a connection that died without a word
-// (a lost network path) is noticed.
+// receive delivers the notifications of conn until it fails or is found
+// dead. On a fixed schedule, whatever the traffic, it pings the server on
+// conn and checks that the prober's last probe came back in time.
 func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.Message)) error {
+	d.probes.Up()
+	defer d.probes.Down()
+	next := time.Now().Add(d.probePeriod)
 	for {
-		quiet, cancel := context.WithTimeout(ctx, d.quietPeriod)
-		busy, err := d.receiveUntil(ctx, quiet, conn, deliver)
-		quietEnded := errors.Is(quiet.Err(), context.DeadlineExceeded)
+		until := next
+		if due, ok := d.probes.Due(d.timeout); ok && due.Before(until) {
+			until = due
+		}
+		wait, cancel := context.WithDeadline(ctx, until)
+		err := d.receiveUntil(ctx, wait, conn, deliver)
+		timedOut := errors.Is(wait.Err(), context.DeadlineExceeded)
 		cancel()
-		if !quietEnded || ctx.Err() != nil || conn.IsClosed() {
+		if !timedOut || ctx.Err() != nil || conn.IsClosed() {
 			return err
 		}
-		if busy {
+		now := time.Now()
+		if d.probes.Overdue(now, d.timeout) {
+			return fmt.Errorf("its own probe did not come back within %v", d.timeout)
+		}
+		if now.Before(next) {
 			continue
 		}
+		next = now.Add(d.probePeriod)
 		d.pings.Add(1)
-		ping, cancel := context.WithTimeout(ctx, pingTimeout)
+		ping, cancel := context.WithTimeout(ctx, d.timeout)
 		err = conn.Ping(ping)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("no answer to a ping after %v without notifications: %w", d.quietPeriod, err)
+			return fmt.Errorf("no answer to a ping within %v: %w", d.timeout, err)
 		}
 	}
 }
 
-// receiveUntil delivers the notifications of conn until quiet is done or
-// conn fails, and reports whether any arrived.
-func (d *driver) receiveUntil(ctx, quiet context.Context, conn *pgx.Conn, deliver func(edge.Message)) (busy bool, err error) {
+// prober publishes a probe through the pool every interval while the
+// listening connection is up, one at a time, for receive to expect back.
+func (d *driver) prober(ctx context.Context) {
+	tick := time.NewTicker(d.probePeriod)
+	defer tick.Stop()
+	var buf []byte
 	for {
-		n, err := conn.WaitForNotification(quiet)
-		if err != nil {
-			return busy, err
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
-		busy = true
+		n, gen, ok := d.probes.Next()
+		if !ok {
+			continue
+		}
+		buf = probe.Append(buf[:0], d.probe, n)
+		pctx, cancel := context.WithTimeout(ctx, d.timeout)
+		_, err := d.pool.Exec(pctx, notifySQL, d.channel, buf)
+		cancel()
+		d.probes.Published(n, gen, time.Now(), err == nil)
+		if err != nil {
+			d.publishFailed(err)
+		}
+	}
+}
+
+// publishFailed handles a failed publish. pgx closes a connection whose
+// query timed out, and the pool discards it; when the pool is the driver's
+// own, its idle connections, opened before the same network fault, are
+// discarded too, so that the next publish does not stall on one of them.
+func (d *driver) publishFailed(err error) {
+	if !d.ownPool || !isTimeout(err) {
+		return
+	}
+	d.pool.Reset()
+}
+
+// isTimeout reports whether err is a timeout: a deadline that ran out, or a
+// network timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// receiveUntil delivers the notifications of conn until wait is done or
+// conn fails.
+func (d *driver) receiveUntil(ctx, wait context.Context, conn *pgx.Conn, deliver func(edge.Message)) error {
+	for {
+		n, err := conn.WaitForNotification(wait)
+		if err != nil {
+			return err
+		}
 		if err := d.handle(ctx, conn, n.Payload, deliver); err != nil {
-			return busy, err
+			return err
 		}
 	}
 }
@@ -135,6 +188,13 @@ func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, del
 	}
 	if strings.HasPrefix(payload, d.ownPrefix) {
 		return nil // our own echo
+	}
+	if probe.Is(payload) {
+		// Never delivered: one of ours is expected back.
+		if n, ok := probe.Parse(payload, d.probe); ok {
+			d.probes.Got(n)
+		}
+		return nil
 	}
 	d.rbuf = append(d.rbuf[:0], payload...) // Decode keeps no reference to it
 	raw := d.rbuf

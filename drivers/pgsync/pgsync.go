@@ -16,6 +16,8 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/probe"
+	"github.com/edgesync/edgesync/internal/reconnect"
 )
 
 // Limits and defaults.
@@ -49,8 +51,8 @@ const (
 	minBackoff     = 50 * time.Millisecond  // first wait between reconnection attempts
 	maxBackoff     = time.Second            // longest wait between reconnection attempts
 	closeTimeout   = 500 * time.Millisecond // saying goodbye to the server on a closing connection
-	quietPeriod    = 30 * time.Second       // without notifications, after which the server is pinged
-	pingTimeout    = 5 * time.Second        // for the server to answer a ping
+	probeInterval  = time.Second            // between two checks of the listening connection
+	probeTimeout   = 2 * time.Second        // for a ping or a probe to come back
 )
 
 // Options configure the driver of one instance.
@@ -120,8 +122,8 @@ type driver struct {
 	maxBytes    int
 	seed        maphash.Seed
 	ownPrefix   string        // how the envelopes of this instance begin
-	quietPeriod time.Duration // without notifications, after which the server is pinged
-	pings       atomic.Int64  // pings sent after quiet periods
+	probePeriod time.Duration // between two checks of the listening connection
+	pings       atomic.Int64  // pings sent on the listening connection
 	scratch     sync.Pool     // of *batch
 	rbuf        []byte        // the listener's copy of a payload
 
@@ -144,6 +146,13 @@ type driver struct {
 	mu     sync.Mutex
 	cancel context.CancelFunc // stops the listener; nil before Subscribe
 	done   chan struct{}      // closed when the listener has stopped
+
+	// Liveness of the listening connection.
+	probe   string        // how the probes of this instance begin
+	timeout time.Duration // for a ping or a probe to come back
+	probes  probe.State
+	outage  *reconnect.Outage
+	probing sync.WaitGroup // the prober
 }
 
 var _ edge.BatchDriver = (*driver)(nil)
@@ -168,8 +177,14 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 		retention:   opts.LargePayloadRetention,
 		maxBytes:    opts.MaxMessageBytes,
 		seed:        maphash.MakeSeed(),
-		quietPeriod: quietPeriod,
+		probePeriod: probeInterval,
 	}
+	d.probe, d.timeout = probe.Prefix(inst.ID), probeTimeout
+	report := inst.Report
+	if report == nil {
+		report = func(error, edge.Stage) {}
+	}
+	d.outage = reconnect.NewOutage(report)
 	if d.retention <= 0 {
 		d.retention = DefaultLargePayloadRetention
 	}
@@ -266,6 +281,7 @@ func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
 		return d.publish(ctx, nil, [][]byte{env})
 	}
 	if _, err := d.pool.Exec(ctx, notifySQL, d.channel, env); err != nil {
+		d.publishFailed(err)
 		return fmt.Errorf("pgsync: publish to channel %q: %w", d.channel, err)
 	}
 	return nil
@@ -400,6 +416,7 @@ func (d *driver) publish(ctx context.Context, small, large [][]byte) error {
 		}
 	}
 	if err != nil {
+		d.publishFailed(err)
 		what := "a message"
 		if n := len(small) + len(large); n > 1 {
 			what = fmt.Sprint(n, " messages")
@@ -428,6 +445,11 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 
 	conn, err := d.connect(ctx)
 	go d.run(ctx, conn, deliver)
+	d.probing.Add(1)
+	go func() {
+		defer d.probing.Done()
+		d.prober(ctx)
+	}()
 	if err != nil {
 		return fmt.Errorf("pgsync: listen on channel %q (retrying in the background): %w", d.channel, err)
 	}
@@ -447,6 +469,7 @@ func (d *driver) Close() error {
 	if cancel != nil {
 		cancel()
 		<-done
+		d.probing.Wait()
 	}
 	d.stopCleanup()
 	if d.ownPool {

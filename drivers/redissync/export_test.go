@@ -6,14 +6,14 @@ import (
 	"github.com/edgesync/edgesync/edge"
 )
 
-// NewWithPingInterval is New with another interval after which a silent
-// subscription connection is probed.
-func NewWithPingInterval(opts Options, interval time.Duration) edge.Sync {
+// NewWithProbeTiming is New with another probe interval and timeout.
+func NewWithProbeTiming(opts Options, interval, timeout time.Duration) edge.Sync {
 	sync := New(opts)
 	return func(inst edge.Instance) (edge.Driver, error) {
 		d, err := sync(inst)
 		if err == nil {
-			d.(*driver).ping = interval
+			d.(*driver).interval = interval
+			d.(*driver).timeout = timeout
 		}
 		return d, err
 	}

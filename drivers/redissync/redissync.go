@@ -32,9 +32,28 @@
 // once per attempt, and the driver subscribes again with a backoff that starts
 // at a few milliseconds and is capped at a quarter of a second; messages
 // published while it is not subscribed are lost, as the edge.Driver contract
-// allows. A subscription connection silent for 3 seconds is probed with PING,
-// and replaced when no reply comes within 3 more: a dead peer, or a network
-// that drops packets, does not close it.
+// allows.
+//
+// # Liveness
+//
+// A connection can die without closing (a network that drops every packet, a
+// peer that froze) and a subscription can look healthy and receive nothing (a
+// failover that left it on the wrong server). So every second, whatever the
+// traffic, the driver sends PING on the subscription connection, and
+// publishes a probe through the client's pool to its own channel. When the
+// PONG or the probe has not come back within 2 seconds, the subscription is
+// reported lost at edge.StageSubscribe and replaced: a dead subscription is
+// found out within 3 seconds. A probe is the JSON object
+// {"edgesync":"probe","id":"<instance id>","n":<number>}, not an envelope:
+// other instances, and crossws instances, drop it without a report. Probes
+// that cannot be published (the publishing side is down too) prove nothing
+// and are not reported: the Hub reports the failing relays at
+// edge.StagePublish.
+//
+// On the publishing side, go-redis discards a pool connection on which a
+// PUBLISH timed out: it is not reused. A PUBLISH on a dead connection times
+// out after the client's ReadTimeout (5 seconds by default); it honours the
+// Hub's PublishTimeout only when the client's ContextTimeoutEnabled is set.
 //
 // # Clients
 //
@@ -65,7 +84,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"runtime/debug"
 	"strings"
@@ -77,6 +95,8 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/internal/probe"
+	"github.com/edgesync/edgesync/internal/reconnect"
 )
 
 // DefaultMaxMessageBytes is the largest inbound payload a driver accepts when
@@ -85,10 +105,13 @@ const DefaultMaxMessageBytes = envelope.DefaultMaxMessageBytes
 
 // Timing of the subscription loop.
 const (
-	// defaultPingInterval is how long the subscription connection may
-	// stay silent before it is probed with PING; when a second interval
-	// passes without a reply the connection is replaced.
-	defaultPingInterval = 3 * time.Second
+	// defaultProbeInterval is how often the subscription is checked,
+	// whatever the traffic: a PING on its connection and a probe through
+	// the pool.
+	defaultProbeInterval = time.Second
+	// defaultProbeTimeout is how long a PONG or a probe may take to come
+	// back before the subscription is replaced.
+	defaultProbeTimeout = 2 * time.Second
 	// minBackoff and maxBackoff bound the wait between two attempts to
 	// subscribe again.
 	minBackoff = 5 * time.Millisecond
@@ -153,7 +176,8 @@ func New(opts Options) edge.Sync {
 			maxBytes: opts.MaxMessageBytes,
 			id:       inst.ID,
 			report:   inst.Report,
-			ping:     defaultPingInterval,
+			interval: defaultProbeInterval,
+			timeout:  defaultProbeTimeout,
 		}
 		if d.maxBytes <= 0 {
 			d.maxBytes = DefaultMaxMessageBytes
@@ -161,7 +185,9 @@ func New(opts Options) edge.Sync {
 		if d.report == nil {
 			d.report = func(error, edge.Stage) {}
 		}
+		d.outage = reconnect.NewOutage(d.report)
 		d.echo = echoPrefix(inst.ID)
+		d.probe = probe.Prefix(inst.ID)
 		return d, nil
 	}
 }
@@ -192,7 +218,12 @@ type driver struct {
 	id       string
 	report   func(error, edge.Stage)
 	echo     string
-	ping     time.Duration // see defaultPingInterval
+	probe    string        // how the instance's own probes begin, up to their number
+	interval time.Duration // see defaultProbeInterval
+	timeout  time.Duration // see defaultProbeTimeout
+	outage   *reconnect.Outage
+
+	probes probe.State
 
 	closed atomic.Bool
 	bufs   sync.Pool // of *batchBuffer
@@ -312,7 +343,7 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 	d.cancel = cancel
 	d.ps = d.client.Subscribe(loopCtx) // no channel yet: no network
 	ps := d.ps
-	d.wg.Add(2)
+	d.wg.Add(3)
 	d.mu.Unlock()
 
 	// When ctx is done, stop the loop as Close does.
@@ -325,6 +356,7 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 	err := ps.Subscribe(loopCtx, d.channel)
 	first := make(chan error, 1)
 	go d.loop(loopCtx, ps, deliver, first, err)
+	go d.prober(loopCtx)
 	select {
 	case err := <-first:
 		return err
@@ -338,19 +370,23 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 //
 // go-redis reconnects a PubSub on its own: when a read fails, it closes the
 // connection and at once dials a new one and sends SUBSCRIBE again; when that
-// dial fails, the next ReceiveTimeout dials. So the loop never subscribes
-// again itself. It counts the subscription as lost at the first error and as
-// back when Redis confirms it (or a message on the channel arrives), waits
-// between failing attempts so that an unreachable server is not dialled in a
-// spin, and replaces the PubSub only when the connection goes silent and
-// does not answer a PING, which go-redis does not detect.
+// dial fails, the next ReceiveTimeout dials. So the loop does not subscribe
+// again after an error itself. It counts the subscription as lost at the
+// first error and as back when Redis confirms it (or a message on the channel
+// arrives), and waits between failing attempts so that an unreachable server
+// is not dialled in a spin. What go-redis does not detect, a connection that
+// is open but dead, the loop finds out on a fixed schedule: it sends PING
+// every interval and expects the PONG, and the prober's probes, within the
+// timeout; when either is late, it replaces the PubSub.
 func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.Message), first chan<- error, err error) {
 	defer d.wg.Done()
 	var (
-		answered   bool // Subscribe has been answered through first
-		subscribed bool // confirmed, and not lost since
-		pinged     bool // a PING is unanswered
-		backoff    time.Duration
+		answered   bool      // Subscribe has been answered through first
+		subscribed bool      // confirmed, and not lost since
+		everUp     bool      // confirmed once: later losses are reported
+		pingAt     time.Time // when the unanswered PING was sent; zero when none is
+		nextPing   time.Time
+		backoff    = reconnect.Backoff{Min: minBackoff, Max: maxBackoff}
 		scratch    []byte
 	)
 	defer func() {
@@ -358,49 +394,65 @@ func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.M
 			first <- d.errClosed("subscribe")
 		}
 	}()
+	// lost records that the subscription is down because of cause.
+	lost := func(cause error) {
+		switch {
+		case !answered:
+			first <- fmt.Errorf("redissync: subscribe to %q: %w", d.channel, cause)
+			answered = true
+		case everUp:
+			// Before the first confirmation, the outage is the one
+			// Subscribe returned.
+			d.outage.Lost(fmt.Errorf("redissync: subscription to %q lost, subscribing again: %w", d.channel, cause))
+		}
+		subscribed, pingAt = false, time.Time{}
+		d.probes.Down()
+	}
 	for {
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			switch {
-			case !answered:
-				first <- fmt.Errorf("redissync: subscribe to %q: %w", d.channel, err)
-				answered = true
-			case subscribed:
-				d.report(fmt.Errorf("redissync: subscription to %q lost, subscribing again: %w", d.channel, err), edge.StageSubscribe)
-			}
-			subscribed, pinged = false, false
-			backoff = min(max(2*backoff, minBackoff), maxBackoff)
-			if !d.sleep(ctx, backoff) {
+			lost(err)
+			if !backoff.Wait(ctx) {
 				return
+			}
+			err = nil
+		}
+		if subscribed {
+			now := time.Now()
+			var dead error
+			switch {
+			case !pingAt.IsZero() && now.Sub(pingAt) > d.timeout:
+				dead = fmt.Errorf("no reply to PING within %v", d.timeout)
+			case d.probes.Overdue(now, d.timeout):
+				dead = fmt.Errorf("its own probe did not come back within %v", d.timeout)
+			case pingAt.IsZero() && !now.Before(nextPing):
+				if err = ps.Ping(ctx); err != nil {
+					continue
+				}
+				pingAt, nextPing = now, now.Add(d.interval)
+			}
+			if dead != nil {
+				// The connection is open but dead: replace the PubSub.
+				lost(dead)
+				if ps = d.renew(ctx); ps == nil {
+					return
+				}
+				continue
 			}
 		}
 		var v any
-		v, err = ps.ReceiveTimeout(ctx, d.ping)
+		v, err = ps.ReceiveTimeout(ctx, d.interval/4)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			if !isTimeout(err) {
-				continue
-			}
-			if !pinged {
-				// Silent for a while: probe the connection.
-				if err = ps.Ping(ctx); err == nil {
-					pinged = true
-				}
-				continue
-			}
-			// No reply to the PING: the connection is dead but not
-			// closed. Replace the PubSub.
-			err = fmt.Errorf("no reply to PING within %v", d.ping)
-			if ps = d.renew(ctx); ps == nil {
-				return
+			if isTimeout(err) {
+				err = nil // time to check the connection again
 			}
 			continue
 		}
-		pinged = false
 		switch m := v.(type) {
 		case *redis.Subscription:
 			if m.Kind != "subscribe" || m.Channel != d.channel {
@@ -411,12 +463,19 @@ func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.M
 				continue
 			}
 			scratch = d.handle(m.Payload, deliver, scratch)
-		default: // *redis.Pong
+		case *redis.Pong:
+			pingAt = time.Time{}
+			continue
+		default:
 			continue
 		}
 		// A confirmation or a message: the subscription is in place.
 		if !subscribed {
-			subscribed, backoff = true, 0
+			subscribed, everUp = true, true
+			backoff.Reset()
+			d.outage.Restored()
+			d.probes.Up()
+			nextPing = time.Now().Add(d.interval)
 			if !answered {
 				first <- nil
 				answered = true
@@ -444,16 +503,28 @@ func (d *driver) renew(ctx context.Context) *redis.PubSub {
 	return ps
 }
 
-// sleep waits for dur with some jitter, returning false when ctx is done first.
-func (d *driver) sleep(ctx context.Context, dur time.Duration) bool {
-	dur = dur/2 + rand.N(dur/2+1)
-	t := time.NewTimer(dur)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
+// prober publishes a probe through the client's pool every interval while
+// the subscription is up, one at a time, for the loop to expect back.
+func (d *driver) prober(ctx context.Context) {
+	defer d.wg.Done()
+	tick := time.NewTicker(d.interval)
+	defer tick.Stop()
+	buf := make([]byte, 0, len(d.probe)+24)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n, gen, ok := d.probes.Next()
+		if !ok {
+			continue
+		}
+		buf = probe.Append(buf[:0], d.probe, n)
+		pctx, cancel := context.WithTimeout(ctx, d.timeout)
+		err := d.client.Publish(pctx, d.channel, buf).Err()
+		cancel()
+		d.probes.Published(n, gen, time.Now(), err == nil)
 	}
 }
 
@@ -472,6 +543,13 @@ func (d *driver) handle(payload string, deliver func(edge.Message), scratch []by
 		return scratch
 	}
 	if d.echo != "" && strings.HasPrefix(payload, d.echo) {
+		return scratch
+	}
+	if probe.Is(payload) {
+		// Never delivered: one of ours is expected back.
+		if n, ok := probe.Parse(payload, d.probe); ok {
+			d.probes.Got(n)
+		}
 		return scratch
 	}
 	// Decode keeps nothing of its input: the copy is reused.

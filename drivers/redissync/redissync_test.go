@@ -291,6 +291,9 @@ func TestCrosswsInterop(t *testing.T) {
 		t.Fatalf("Publish: %v", err)
 	}
 	msg, err := raw.ReceiveMessage(ctx)
+	for err == nil && strings.HasPrefix(msg.Payload, `{"edgesync":"probe",`) {
+		msg, err = raw.ReceiveMessage(ctx) // the Hub's liveness probes
+	}
 	if err != nil {
 		t.Fatalf("raw receive: %v", err)
 	}
@@ -782,7 +785,7 @@ func TestSilentConnectionIsReplaced(t *testing.T) {
 	bLog := testenv.NewErrorLog()
 	const ping = 100 * time.Millisecond
 	b, err := edge.New(edge.Options{
-		Sync:    redissync.NewWithPingInterval(redissync.Options{Client: viaProxy, Channel: channel}, ping),
+		Sync:    redissync.NewWithProbeTiming(redissync.Options{Client: viaProxy, Channel: channel}, ping, 5*ping),
 		OnError: bLog.OnError,
 	})
 	if err != nil {
@@ -799,5 +802,53 @@ func TestSilentConnectionIsReplaced(t *testing.T) {
 	stop()
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
+	}
+}
+
+// probeDropper is a client whose PUBLISH of a probe does nothing while drop
+// is set: a subscription that answers PING but receives nothing, as one left
+// on the wrong server by a failover.
+type probeDropper struct {
+	redis.UniversalClient
+	drop atomic.Bool
+}
+
+func (c *probeDropper) Publish(ctx context.Context, channel string, message any) *redis.IntCmd {
+	if b, ok := message.([]byte); ok && c.drop.Load() && bytes.HasPrefix(b, []byte(`{"edgesync":"probe",`)) {
+		return redis.NewIntResult(0, nil)
+	}
+	return c.UniversalClient.Publish(ctx, channel, message)
+}
+
+// A subscription whose probes do not come back is reported and replaced,
+// even while messages keep arriving on it.
+func TestSubscriptionMissingItsProbesIsReplaced(t *testing.T) {
+	t.Parallel()
+	client := &probeDropper{UniversalClient: newClient(t)}
+	channel := testenv.Channel(t)
+	a, _ := newHub(t, redissync.Options{Client: newClient(t), Channel: channel})
+	bLog := testenv.NewErrorLog()
+	b, err := edge.New(edge.Options{
+		Sync:    redissync.NewWithProbeTiming(redissync.Options{Client: client, Channel: channel}, 50*time.Millisecond, 500*time.Millisecond),
+		OnError: bLog.OnError,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	got := join(t, b, "/ns", "t")
+	stop := stream(t, a, "/ns", "t")
+	defer stop()
+	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+
+	client.drop.Store(true)
+	lost := bLog.Await(t, edge.StageSubscribe, 0, waitTimeout)
+	client.drop.Store(false)
+	if !strings.Contains(lost.Error(), "probe") {
+		t.Errorf("reported %v, want the probe named", lost)
+	}
+	relayUntilDelivered(t, a, got, "/ns", "t")
+	if errs := bLog.Errors(edge.StageDelivery); len(errs) > 0 {
+		t.Errorf("probes reported at StageDelivery: %v", errs)
 	}
 }

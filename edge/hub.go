@@ -18,7 +18,7 @@ import (
 const (
 	DefaultQueueSize      = 4096
 	DefaultMaxBatch       = 256
-	DefaultPublishTimeout = 5 * time.Second
+	DefaultPublishTimeout = 2 * time.Second
 	DefaultGatewayWorkers = 4
 )
 
@@ -46,7 +46,9 @@ type Options struct {
 	// 0 means DefaultMaxBatch.
 	MaxBatch int
 	// PublishTimeout bounds one Driver.Publish or PublishBatch call, and
-	// one Gateway.Deliver. 0 means DefaultPublishTimeout.
+	// one Gateway.Deliver: a relay stuck on a dead connection gives up
+	// after it, and the next goes out on a new connection. 0 means
+	// DefaultPublishTimeout.
 	PublishTimeout time.Duration
 	// GatewayWorkers is how many Gateway deliveries run at once. 0 means
 	// DefaultGatewayWorkers.

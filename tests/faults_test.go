@@ -31,6 +31,7 @@ func redisSync(t *testing.T, url, channel string) edge.Sync {
 		t.Fatal(err)
 	}
 	opts.MaxRetries = -1
+	opts.ContextTimeoutEnabled = true // a relay gives up at the Hub's PublishTimeout
 	client := redis.NewClient(opts)
 	t.Cleanup(func() { client.Close() })
 	return redissync.New(redissync.Options{Client: client, Channel: channel})

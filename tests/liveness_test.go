@@ -33,13 +33,14 @@ import (
 // linkBound of the link returning, and within frozenBound of a connection
 // freezing. On the publishing side, the relay on its way when the
 // connection froze fails after the publish timeout (the Hub's
-// PublishTimeout, or go-redis's ReadTimeout: 5 s both), and the next goes
-// out on a new connection: publishBound. The assertions add scheduling
-// slack for a loaded machine.
+// PublishTimeout, 2 s: the Redis clients here enable context timeouts),
+// and the next goes out on a new
+// connection: that too is within frozenBound. The assertions add
+// scheduling slack for a loaded machine.
 const (
 	linkBound    = 2 * time.Second
 	frozenBound  = 5 * time.Second
-	publishBound = 5*time.Second + linkBound
+	publishBound = frozenBound
 	slack        = 500 * time.Millisecond
 	// maxLocalGap bounds a pause of local delivery, well under the
 	// publish timeout that a stalled relay waits for.

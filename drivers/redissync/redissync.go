@@ -53,7 +53,9 @@
 // On the publishing side, go-redis discards a pool connection on which a
 // PUBLISH timed out: it is not reused. A PUBLISH on a dead connection times
 // out after the client's ReadTimeout (5 seconds by default); it honours the
-// Hub's PublishTimeout only when the client's ContextTimeoutEnabled is set.
+// Hub's PublishTimeout (2 seconds by default) only when the client's
+// ContextTimeoutEnabled is set, which is what a client for this driver
+// should do.
 //
 // # Clients
 //

@@ -168,6 +168,7 @@ func newSync(cfg config) (edge.Sync, func(), error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("-redis: %w", err)
 		}
+		opts.ContextTimeoutEnabled = true // a relay gives up at the hub's PublishTimeout
 		client := redis.NewClient(opts)
 		return redissync.New(redissync.Options{Client: client, Channel: cfg.channel, Keys: keys}), func() { client.Close() }, nil
 	case cfg.postgres != "":

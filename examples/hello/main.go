@@ -30,7 +30,8 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		rdb := redis.NewClient(ropts) // yours: edgesync never closes it
+		ropts.ContextTimeoutEnabled = true // a relay on a dead connection gives up in time
+		rdb := redis.NewClient(ropts)      // yours: edgesync never closes it
 		defer rdb.Close()
 		opts.Sync = redissync.New(redissync.Options{Client: rdb, Channel: "hello"})
 	}

@@ -16,6 +16,10 @@ type Gateway interface {
 	Deliver(ctx context.Context, msg Message, except string) error
 }
 
+// DefaultConnTTL is how long a Registry keeps a connection added with a
+// zero ExpiresAt: the longest an API Gateway WebSocket connection lives.
+const DefaultConnTTL = 2 * time.Hour
+
 // Conn is one gateway-held connection as a Registry keeps it.
 type Conn struct {
 	ID          string            // the connection id the gateway gave it

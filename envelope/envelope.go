@@ -101,6 +101,15 @@ func AppendEncode(dst []byte, id string, m edge.Message) ([]byte, error) {
 	return dst, nil
 }
 
+// EchoPrefix returns how every envelope that id encodes begins, signed or
+// not, up to and including the id and the comma after it: a payload that
+// begins so is the instance's own echo, which a driver drops without
+// decoding it. (The bytes `,"msg":` cannot occur inside the quoted id, where
+// every quote is escaped.)
+func EchoPrefix(id string) string {
+	return string(appendQuoted([]byte(`{"id":`), id)) + ","
+}
+
 // encodedLen is the length of the envelope of m when no string needs
 // escaping: a good first guess of the buffer it takes.
 func encodedLen(id string, m edge.Message) int {

@@ -646,3 +646,23 @@ func BenchmarkDecode(b *testing.B) {
 		})
 	}
 }
+
+func TestEchoPrefixBeginsEveryEnvelopeOfTheID(t *testing.T) {
+	signer, err := envelope.NewSigner([][]byte{[]byte("k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"b3d1c0de-0000-4000-8000-000000000000", `a"b\c`, "ü,\"msg\":"} {
+		prefix := envelope.EchoPrefix(id)
+		msg := edge.Message{Namespace: "/_ws", Topic: "t", Data: edge.Text("x")}
+		plain, _ := envelope.Encode(id, msg)
+		signed, _ := signer.Encode(id, msg)
+		other, _ := envelope.Encode(id+"x", msg)
+		if !strings.HasPrefix(string(plain), prefix) || !strings.HasPrefix(string(signed), prefix) {
+			t.Errorf("id %q: prefix %q does not begin %s / %s", id, prefix, plain, signed)
+		}
+		if strings.HasPrefix(string(other), prefix) {
+			t.Errorf("id %q: prefix %q begins the envelope of another id, %s", id, prefix, other)
+		}
+	}
+}

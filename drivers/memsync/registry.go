@@ -13,7 +13,7 @@ import (
 
 // DefaultTTL is how long a Registry keeps a connection added with a zero
 // ExpiresAt: the longest an API Gateway WebSocket connection lives.
-const DefaultTTL = 2 * time.Hour
+const DefaultTTL = edge.DefaultConnTTL
 
 // RegistryOptions configure a Registry. The zero value is ready to use.
 type RegistryOptions struct {

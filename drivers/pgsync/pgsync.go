@@ -192,17 +192,8 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 		d.maxBytes = DefaultMaxMessageBytes
 	}
 	d.cleanupCtx, d.cleanupCancel = context.WithCancel(context.Background())
-	// The envelope begins with the quoted instance id: {"id":"…","msg":…
-	env, err := envelope.Encode(inst.ID, edge.Message{})
-	if err != nil {
-		return nil, fmt.Errorf("pgsync: encoding an envelope: %w", err)
-	}
-	end := bytes.Index(env, []byte(`,"msg":`))
-	if !bytes.HasPrefix(env, []byte(`{"id":`)) || end < 0 {
-		return nil, fmt.Errorf("pgsync: unexpected envelope %q", env)
-	}
-	d.ownPrefix = string(env[:end+1])
-	d.refPrefix = `{"edgesync":"ref","id":` + string(env[len(`{"id":`):end]) + `,"ref":`
+	d.ownPrefix = envelope.EchoPrefix(inst.ID)
+	d.refPrefix = `{"edgesync":"ref",` + d.ownPrefix[1:] + `"ref":`
 	if opts.ConnString != "" {
 		cfg, err := pgx.ParseConfig(opts.ConnString)
 		if err != nil {

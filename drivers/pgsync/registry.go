@@ -16,7 +16,7 @@ import (
 
 // DefaultTTL is how long a Registry keeps a connection added with a zero
 // ExpiresAt: the longest an API Gateway WebSocket connection lives.
-const DefaultTTL = 2 * time.Hour
+const DefaultTTL = edge.DefaultConnTTL
 
 // Registry tuning.
 const (

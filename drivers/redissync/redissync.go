@@ -188,27 +188,10 @@ func New(opts Options) edge.Sync {
 			d.report = func(error, edge.Stage) {}
 		}
 		d.outage = reconnect.NewOutage(d.report)
-		d.echo = echoPrefix(inst.ID)
+		d.echo = envelope.EchoPrefix(inst.ID)
 		d.probe = probe.Prefix(inst.ID)
 		return d, nil
 	}
-}
-
-// echoPrefix returns how every envelope that the instance id encodes begins,
-// up to and including the id: a payload that begins so is the instance's
-// own echo, recognised without decoding it.
-func echoPrefix(id string) string {
-	enc, err := envelope.Encode(id, edge.Message{})
-	if err != nil {
-		return ""
-	}
-	// `,"msg":` cannot occur inside the JSON string of the id, where every
-	// quote is escaped.
-	i := strings.Index(string(enc), `,"msg":`)
-	if i < 0 || !strings.HasPrefix(string(enc), `{"id":"`) {
-		return "" // another layout: no fast path
-	}
-	return string(enc[:i+1])
 }
 
 // driver is the edge.BatchDriver of one instance.

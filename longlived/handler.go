@@ -124,6 +124,14 @@ type Handler struct {
 	// DefaultFramesPerSecond and a negative value means no limit.
 	FramesPerSecond int
 
+	// Logger is where peer errors go when Hooks.Error is nil, through an
+	// edge.ErrorLog: the first error of a kind at once, then one line per
+	// interval with the count of its repeats. nil means slog.Default().
+	Logger *slog.Logger
+
+	errlogOnce sync.Once
+	errlog     *edge.ErrorLog
+
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
 	active  int           // ServeHTTP calls admitted and not yet returned
@@ -210,6 +218,12 @@ func (h *Handler) writeTimeout() time.Duration {
 		return DefaultWriteTimeout
 	}
 	return h.WriteTimeout
+}
+
+// errorLog returns the log of peer errors that no Hooks.Error takes.
+func (h *Handler) errorLog() *edge.ErrorLog {
+	h.errlogOnce.Do(func() { h.errlog = &edge.ErrorLog{Logger: h.Logger} })
+	return h.errlog
 }
 
 // ServeHTTP upgrades the request to a WebSocket connection and serves the
@@ -403,6 +417,7 @@ func (h *Handler) Close(ctx context.Context) error {
 		}
 		err = fmt.Errorf("longlived: close: peers still connected: %w", ctx.Err())
 	}
+	h.errorLog().Flush()
 	if h.Hub != nil {
 		if herr := h.Hub.Close(); herr != nil {
 			err = errors.Join(err, fmt.Errorf("longlived: close hub: %w", herr))

@@ -480,7 +480,7 @@ func (p *peer) report(err error) {
 		}
 	}()
 	if p.h.Hooks.Error == nil {
-		slog.Error("longlived: peer error", "peer", p.id, "namespace", p.namespace, "err", err)
+		p.h.errorLog().Log("longlived: peer error", err, "peer", p.id, "namespace", p.namespace)
 		return
 	}
 	p.h.Hooks.Error(p, err)

@@ -123,28 +123,10 @@ func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.
 // prober publishes a probe through the pool every interval while the
 // listening connection is up, one at a time, for receive to expect back.
 func (d *driver) prober(ctx context.Context) {
-	tick := time.NewTicker(d.probePeriod)
-	defer tick.Stop()
-	var buf []byte
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		n, gen, ok := d.probes.Next()
-		if !ok {
-			continue
-		}
-		buf = probe.Append(buf[:0], d.probe, n)
-		pctx, cancel := context.WithTimeout(ctx, d.timeout)
-		_, err := d.pool.Exec(pctx, notifySQL, d.channel, buf)
-		cancel()
-		d.probes.Published(n, gen, time.Now(), err == nil)
-		if err != nil {
-			d.publishFailed(err)
-		}
-	}
+	d.probes.Run(ctx, d.probe, d.probePeriod, d.timeout, func(ctx context.Context, payload []byte) error {
+		_, err := d.pool.Exec(ctx, notifySQL, d.channel, payload)
+		return err
+	}, d.publishFailed)
 }
 
 // publishFailed handles a failed publish. pgx closes a connection whose

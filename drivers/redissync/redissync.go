@@ -492,25 +492,9 @@ func (d *driver) renew(ctx context.Context) *redis.PubSub {
 // the subscription is up, one at a time, for the loop to expect back.
 func (d *driver) prober(ctx context.Context) {
 	defer d.wg.Done()
-	tick := time.NewTicker(d.interval)
-	defer tick.Stop()
-	buf := make([]byte, 0, len(d.probe)+24)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		n, gen, ok := d.probes.Next()
-		if !ok {
-			continue
-		}
-		buf = probe.Append(buf[:0], d.probe, n)
-		pctx, cancel := context.WithTimeout(ctx, d.timeout)
-		err := d.client.Publish(pctx, d.channel, buf).Err()
-		cancel()
-		d.probes.Published(n, gen, time.Now(), err == nil)
-	}
+	d.probes.Run(ctx, d.probe, d.interval, d.timeout, func(ctx context.Context, payload []byte) error {
+		return d.client.Publish(ctx, d.channel, payload).Err()
+	}, nil)
 }
 
 func isTimeout(err error) bool {

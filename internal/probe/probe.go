@@ -10,6 +10,7 @@
 package probe
 
 import (
+	"context"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -132,4 +133,35 @@ func (s *State) Due(timeout time.Duration) (time.Time, bool) {
 func (s *State) Overdue(now time.Time, timeout time.Duration) bool {
 	due, ok := s.Due(timeout)
 	return ok && now.After(due)
+}
+
+// Run publishes the instance's probes until ctx is done: every interval,
+// while the subscription is up and no probe is on its way, it publishes the
+// next one with publish, which timeout bounds. prefix is the instance's
+// Prefix. A publish that fails proves nothing, and is handed to failed
+// unless failed is nil.
+func (s *State) Run(ctx context.Context, prefix string, interval, timeout time.Duration,
+	publish func(ctx context.Context, payload []byte) error, failed func(error)) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	buf := make([]byte, 0, len(prefix)+24)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n, gen, ok := s.Next()
+		if !ok {
+			continue
+		}
+		buf = Append(buf[:0], prefix, n)
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		err := publish(pctx, buf)
+		cancel()
+		s.Published(n, gen, time.Now(), err == nil)
+		if err != nil && failed != nil {
+			failed(err)
+		}
+	}
 }

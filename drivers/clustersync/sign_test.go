@@ -7,7 +7,6 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
-	"github.com/edgesync/edgesync/internal/testenv"
 )
 
 var (
@@ -15,16 +14,6 @@ var (
 	keyNew   = []byte("new key of the test cluster, 32 bytes or more")
 	keyOther = []byte("a key that no instance of the cluster accepts")
 )
-
-func signatureErrors(log *testenv.ErrorLog) int {
-	n := 0
-	for _, err := range log.Errors(edge.StageDelivery) {
-		if errors.Is(err, envelope.ErrSignature) {
-			n++
-		}
-	}
-	return n
-}
 
 // In a signed cluster, instances exchange messages across a key rotation;
 // frames that a stranger writes on the socket, unsigned or signed with
@@ -69,7 +58,7 @@ func TestSignedCluster(t *testing.T) {
 		n int
 	}{{"a", a, 4}, {"b", b, 3}, {"c", c, 3}} {
 		in.log.Await(t, edge.StageDelivery, in.n-1, waitTimeout)
-		if got := signatureErrors(in.log); got != in.n {
+		if got := in.log.CountIs(edge.StageDelivery, envelope.ErrSignature); got != in.n {
 			t.Errorf("%s reported %d signature errors: %v; want %d", in.name, got, in.log, in.n)
 		}
 		if slices.ContainsFunc(in.rec.texts(), func(s string) bool { return s == "forged" || s == "from an unsigned instance" }) {

@@ -16,18 +16,6 @@ var (
 	keyOther = []byte("a key that no instance of the cluster accepts")
 )
 
-// signatureErrors counts the errors of log at StageDelivery that wrap
-// envelope.ErrSignature.
-func signatureErrors(log *testenv.ErrorLog) int {
-	n := 0
-	for _, err := range log.Errors(edge.StageDelivery) {
-		if errors.Is(err, envelope.ErrSignature) {
-			n++
-		}
-	}
-	return n
-}
-
 // In a signed cluster, hubs exchange messages across a key rotation, and
 // envelopes that a stranger publishes on the channel, unsigned or signed with
 // another key, and those of an unsigned hub, reach nobody and are reported.
@@ -82,7 +70,7 @@ func TestSignedCluster(t *testing.T) {
 		if err := l.log.Await(t, edge.StageDelivery, l.n-1, waitTimeout); !errors.Is(err, envelope.ErrSignature) {
 			t.Errorf("%s: last report %v; want ErrSignature", l.name, err)
 		}
-		if got := signatureErrors(l.log); got != l.n {
+		if got := l.log.CountIs(edge.StageDelivery, envelope.ErrSignature); got != l.n {
 			t.Errorf("%s reported %d signature errors: %v; want %d", l.name, got, l.log, l.n)
 		}
 	}

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -62,6 +63,18 @@ func (l *ErrorLog) Errors(stage edge.Stage) []error {
 
 // Count returns how many errors were reported at stage.
 func (l *ErrorLog) Count(stage edge.Stage) int { return len(l.Errors(stage)) }
+
+// CountIs returns how many errors were reported at stage that match target
+// (errors.Is).
+func (l *ErrorLog) CountIs(stage edge.Stage, target error) int {
+	n := 0
+	for _, err := range l.Errors(stage) {
+		if errors.Is(err, target) {
+			n++
+		}
+	}
+	return n
+}
 
 // Await waits until more than n errors have been reported at stage, and
 // returns the n+1st. It fails t after timeout.

@@ -170,9 +170,10 @@ func (p *peer) enqueue(d edge.Data) error {
 		p.goLocked(func() { p.report(err) })
 		return err
 	}
-	if p.queued+size > limit || p.lagLocked(now) > p.h.maxWriteLag() {
-		p.evictLocked()
-		return ErrSlowConsumer
+	if lag := p.lagLocked(now); p.queued+size > limit || lag > p.h.maxWriteLag() {
+		err := fmt.Errorf("%w: %v behind, %d bytes queued", ErrSlowConsumer, lag.Round(time.Millisecond), p.queued)
+		p.evictLocked(err)
+		return err
 	}
 	p.queue = append(p.queue, entry{d: d, at: now})
 	p.queued += size
@@ -192,16 +193,16 @@ func (p *peer) lagLocked(now time.Duration) time.Duration {
 	return 0
 }
 
-// evictLocked closes a slow consumer. Its queue is dropped at once; the
-// write in progress, if any, and the close frame get WriteTimeout from now
-// before the connection is dropped. The peer leaves the Hub, so that publishers stop
-// visiting it, and is reported to Hooks.Error, both from a goroutine of its
-// own: the caller may be the Hub fanning out, which must not be re-entered.
-func (p *peer) evictLocked() {
+// evictLocked closes a slow consumer, to be reported with err. Its queue is
+// dropped at once; the write in progress, if any, and the close frame get
+// WriteTimeout from now before the connection is dropped. The peer leaves
+// the Hub, so that publishers stop visiting it, and is reported to
+// Hooks.Error, both from a goroutine of its own: the caller may be the Hub
+// fanning out, which must not be re-entered.
+func (p *peer) evictLocked(err error) {
 	p.closeLocked(StatusSlowConsumer, "slow consumer", true)
-	// The write in progress may be stuck on a full socket: cut it short.
-	// The writer leaves this deadline in place, so it bounds the close
-	// frame too.
+	// The write in progress may be stuck on a full socket. The writer
+	// leaves this deadline in place, so it bounds the close frame too.
 	p.evicted = true
 	_ = p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout()))
 	member := p.member
@@ -209,7 +210,7 @@ func (p *peer) evictLocked() {
 		if member != nil {
 			member.Leave()
 		}
-		p.report(ErrSlowConsumer)
+		p.report(err)
 	})
 }
 

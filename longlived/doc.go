@@ -78,7 +78,9 @@
 //
 // A peer that does not answer a ping within PingTimeout, or whose write fails,
 // is dropped without a close frame: it is reported to Hooks.Error and
-// Hooks.Close receives 1006 (abnormal closure).
+// Hooks.Close receives 1006 (abnormal closure). A dropped connection is
+// reset (TCP RST), so that what the client has not read is discarded at
+// once rather than held by the kernel for a client that may never read it.
 //
 // A panic in a hook is recovered, reported to Hooks.Error as an
 // *edge.PanicError and closes only that peer, with 1011. A panic in

@@ -281,8 +281,8 @@ func (p *peer) writeLoop() {
 		p.inflight, p.sentAt = true, e.at
 		// A deadline on the connection bounds the write: unlike a
 		// context with a timeout, it costs no allocation per message.
-		// It is set and cleared under p.mu, so that an eviction's
-		// shorter deadline wins.
+		// It is set and cleared under p.mu, so that the deadline an
+		// eviction sets, which bounds the close frame too, stays.
 		deadline := p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout())) == nil
 		p.mu.Unlock()
 

@@ -53,19 +53,46 @@
 //
 // # Writing
 //
-// Each peer has a write queue capped in bytes (WriteQueueBytes) and at most
-// one writer goroutine, started when there is something to write. Deliveries
-// from the Hub and Peer.Send only append to the queue: they never block. A peer
-// whose queue would grow past the cap is a slow consumer: its queue is
-// dropped, it is reported to Hooks.Error with ErrSlowConsumer and closed with
-// StatusSlowConsumer, and the peers that keep up never notice. The close
-// frame follows the write in progress; if that write cannot finish within
-// WriteTimeout, the peer is dropped without one, and Hooks.Close still
-// receives StatusSlowConsumer.
+// Each peer has a write queue and at most one writer goroutine, started when
+// there is something to write. Deliveries from the Hub and Peer.Send only
+// append to the queue: they never block.
+//
+// # Slow consumers
+//
+// A peer that reads more slowly than messages are queued for it falls
+// behind. Falling behind for a moment is normal and costs nothing: a burst of
+// messages, a pause of the process, other work on the processor. A peer is a
+// slow consumer when a message is queued for it while
+//
+//   - the oldest of its messages not yet written has waited longer than
+//     Handler.MaxWriteLag (default 5 s): it has been behind for that long; or
+//   - the message would take its queue past Handler.WriteQueueBytes (default
+//     16 MiB, payloads plus a few bytes each), the bound on the memory one
+//     peer can hold.
+//
+// A slow consumer is evicted at once, in the call that queued the message,
+// which does not block: its queue is dropped, it leaves the Hub so that
+// publishers no longer visit it, it is reported to Hooks.Error with
+// ErrSlowConsumer, and it is closed with StatusSlowConsumer (4008). The
+// write in progress, if any, and the close frame get WriteTimeout from the
+// eviction; a connection that takes neither in that time is dropped without
+// a close frame, with a TCP reset that frees its socket buffers at once.
+// Hooks.Close receives StatusSlowConsumer either way. The peers that keep up
+// never notice: a slow consumer costs them its share of the processor, no
+// more.
+//
+// Before its queue grows, a client that does not read takes what its
+// connection's kernel buffers hold: about 4 MB on Linux by default
+// (net.ipv4.tcp_wmem), written at the speed of memory. Messages fanned out
+// by the Hub share their payload, so the queues hold far less memory than
+// the sum of their bounds: WriteQueueBytes counts every queue as if it
+// alone held its messages.
 //
 // Peer.Send goes through the same queue: it returns ErrSlowConsumer when it
-// overflows the queue, ErrPeerClosed once the peer is closing, and an error
-// for text that is not valid UTF-8.
+// finds the peer slow, ErrPeerClosed once the peer is closing,
+// ErrMessageTooLarge for a message that could never fit in the queue, which
+// is dropped while the peer stays connected, and an error for text that is
+// not valid UTF-8.
 //
 // # Closing
 //
@@ -79,11 +106,13 @@
 //     FramesPerSecond allow.
 //   - 1009 Message Too Big: a message longer than ReadLimit.
 //   - 1011 Internal Error: a hook panicked.
-//   - StatusSlowConsumer (4008): the write queue overflowed.
+//   - StatusSlowConsumer (4008): a slow consumer (see above).
 //
 // A peer that does not answer a ping within PingTimeout, or whose write fails,
 // is dropped without a close frame: it is reported to Hooks.Error and
-// Hooks.Close receives 1006 (abnormal closure).
+// Hooks.Close receives 1006 (abnormal closure). A dropped connection is
+// reset (TCP RST), so that what the client has not read is discarded at
+// once rather than held by the kernel for a client that may never read it.
 //
 // A panic in a hook is recovered, reported to Hooks.Error as an
 // *edge.PanicError and closes only that peer, with 1011. A panic in

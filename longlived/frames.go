@@ -179,3 +179,12 @@ func (fc *frameConn) frameDone() {
 		fc.complete.Add(1)
 	}
 }
+
+// SetLinger sets SO_LINGER on the connection underneath, so that a dropped
+// peer can be reset (see peer.abort).
+func (c *frameConn) SetLinger(sec int) error {
+	if l, ok := c.Conn.(lingerer); ok {
+		return l.SetLinger(sec)
+	}
+	return errors.ErrUnsupported
+}

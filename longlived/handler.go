@@ -24,10 +24,11 @@ import (
 // Defaults that New sets on a Handler.
 const (
 	DefaultReadLimit       = 64 << 10 // bytes in one message a peer sends
-	DefaultWriteQueueBytes = 1 << 20  // bytes waiting to be written to one peer
+	DefaultWriteQueueBytes = 16 << 20 // bytes waiting to be written to one peer
 	DefaultPingInterval    = 30 * time.Second
 	DefaultPingTimeout     = 10 * time.Second
 	DefaultWriteTimeout    = 10 * time.Second
+	DefaultMaxWriteLag     = 5 * time.Second
 
 	DefaultMessagesPerSecond = 1000                   // messages a peer sends, sustained
 	DefaultBytesPerSecond    = 1 << 20                // bytes a peer sends, sustained
@@ -36,17 +37,20 @@ const (
 	DefaultFramesPerSecond   = 10000                  // continuation and control frames a peer sends
 )
 
-// StatusSlowConsumer is the WebSocket close status sent to a peer whose write
-// queue overflowed because it did not read fast enough. It lies in the range
+// StatusSlowConsumer is the WebSocket close status sent to a slow consumer: a
+// peer that fell too far behind, for too long, in reading what it is sent
+// (the package documentation gives the rule). It lies in the range
 // RFC 6455 leaves to applications (4000–4999) and mirrors 1008 Policy
 // Violation: the client may reconnect, and should read faster or ask for less.
 const StatusSlowConsumer = 4008
 
 var (
 	// ErrSlowConsumer is reported to Hooks.Error, and returned by
-	// Peer.Send, when a peer's write queue would exceed WriteQueueBytes.
-	// The peer is then closed with StatusSlowConsumer.
-	ErrSlowConsumer = errors.New("longlived: write queue full, slow consumer closed")
+	// Peer.Send, when a peer turns out to be a slow consumer: its oldest
+	// message not yet written has waited longer than MaxWriteLag, or its
+	// write queue would exceed WriteQueueBytes. The peer is then closed
+	// with StatusSlowConsumer.
+	ErrSlowConsumer = errors.New("longlived: slow consumer closed")
 
 	// ErrMessageTooLarge is reported to Hooks.Error, and returned by
 	// Peer.Send, for a message that would not fit in an empty write queue
@@ -81,8 +85,15 @@ type Handler struct {
 	// DefaultReadLimit and a negative value means no limit.
 	ReadLimit int64
 	// WriteQueueBytes caps the bytes queued for one peer (payloads plus a
-	// few bytes of bookkeeping each). 0 means DefaultWriteQueueBytes.
+	// few bytes of bookkeeping each): a peer whose queue would grow past
+	// it is a slow consumer. It bounds the memory one peer can hold. 0
+	// means DefaultWriteQueueBytes.
 	WriteQueueBytes int
+	// MaxWriteLag is how far behind a peer may fall: a peer whose oldest
+	// message not yet written has waited longer than MaxWriteLag when
+	// another one is queued is a slow consumer. 0 means
+	// DefaultMaxWriteLag.
+	MaxWriteLag time.Duration
 	// PingInterval is how often a peer is pinged. 0 disables pings.
 	PingInterval time.Duration
 	// PingTimeout is how long a ping waits for its pong. 0 means
@@ -150,6 +161,7 @@ func New(hub *edge.Hub, hooks edge.Hooks) *Handler {
 		PingInterval:    DefaultPingInterval,
 		PingTimeout:     DefaultPingTimeout,
 		WriteTimeout:    DefaultWriteTimeout,
+		MaxWriteLag:     DefaultMaxWriteLag,
 
 		MessagesPerSecond: DefaultMessagesPerSecond,
 		BytesPerSecond:    DefaultBytesPerSecond,
@@ -204,6 +216,13 @@ func (h *Handler) writeQueueBytes() int {
 		return DefaultWriteQueueBytes
 	}
 	return h.WriteQueueBytes
+}
+
+func (h *Handler) maxWriteLag() time.Duration {
+	if h.MaxWriteLag <= 0 {
+		return DefaultMaxWriteLag
+	}
+	return h.MaxWriteLag
 }
 
 func (h *Handler) pingTimeout() time.Duration {
@@ -273,7 +292,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(h.readLimit())
 
-	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn}
+	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn, start: time.Now()}
 	p.frames, p.in = rec.conn, newInbound(h)
 	if len(accept.Attrs) > 0 {
 		p.attrs = maps.Clone(accept.Attrs)
@@ -451,8 +470,17 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	brw.Reader.Reset(fc)
 	w.conn = fc
+	// The writer net/http hands over holds 4 KiB, so a message of 4 KiB
+	// took two writes to the socket, one for the header and most of the
+	// payload, one for the rest. Room for the header too makes it one.
+	brw.Writer = bufio.NewWriterSize(conn, writeBufferSize)
 	return fc, brw, nil
 }
+
+// writeBufferSize is the write buffer of a connection: a payload of 4 KiB
+// and the longest frame header, which coder/websocket writes with one
+// system call. net/http has flushed its own buffer before the hijack.
+const writeBufferSize = 4<<10 + 14
 
 // Unwrap returns the ResponseWriter it wraps, for http.ResponseController.
 func (w *hijackRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -566,6 +566,54 @@ func TestSlowConsumer(t *testing.T) {
 	s.expectClosed(t, slowPeer, longlived.StatusSlowConsumer)
 }
 
+// TestSlowConsumerByLag: in a quiet room a client that stops reading is
+// found out by how long its messages wait, long before its queue fills.
+func TestSlowConsumerByLag(t *testing.T) {
+	s := start(t, edge.Hooks{Open: func(p edge.Peer) {
+		if err := p.Subscribe(context.Background(), "t"); err != nil {
+			panic(err)
+		}
+	}}, func(h *longlived.Handler) {
+		h.WriteQueueBytes = 1 << 30 // the lag, not the queue's size, must find it out
+		h.MaxWriteLag = 100 * time.Millisecond
+	})
+	slow, slowPeer := s.dial(t, "/s")
+
+	// The client never reads: once the socket buffers are full, the
+	// message being written waits, and so does every later one. A
+	// message a millisecond, 64 KiB each: the queue would take minutes to
+	// reach its cap.
+	chunk := edge.Binary(make([]byte, 64<<10))
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	var ev errorEvent
+	for i := 0; ; i++ {
+		if i == 10_000 {
+			t.Fatal("slow consumer never detected")
+		}
+		<-tick.C
+		if err := s.hub.Publish(context.Background(), edge.Message{Namespace: "/s", Topic: "t", Data: chunk}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case ev = <-s.errs:
+		default:
+			continue
+		}
+		break
+	}
+	if !errors.Is(ev.err, longlived.ErrSlowConsumer) || ev.peer.ID() != slowPeer.ID() {
+		t.Fatalf("Hooks.Error(%s, %v), want the slow peer with ErrSlowConsumer", ev.peer.ID(), ev.err)
+	}
+	if got := slowPeer.Send(context.Background(), edge.Text("late")); !errors.Is(got, longlived.ErrPeerClosed) {
+		t.Errorf("Send to the slow peer: %v, want ErrPeerClosed", got)
+	}
+	// When the client reads at last, it gets what was already written,
+	// then the close frame.
+	expectClose(t, slow, longlived.StatusSlowConsumer)
+	s.expectClosed(t, slowPeer, longlived.StatusSlowConsumer)
+}
+
 func TestMessageLargerThanTheQueueIsDropped(t *testing.T) {
 	s := start(t, edge.Hooks{Open: func(p edge.Peer) {
 		if err := p.Subscribe(context.Background(), "t"); err != nil {

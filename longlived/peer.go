@@ -16,8 +16,9 @@ import (
 )
 
 // queueOverhead is what one queued message costs besides its payload, in the
-// accounting of WriteQueueBytes: its slot in the queue.
-const queueOverhead = 32
+// accounting of WriteQueueBytes: its entry in the queue (40 bytes on 64-bit
+// platforms), rounded up.
+const queueOverhead = 48
 
 // Close statuses the handler sends, besides StatusSlowConsumer.
 const (
@@ -52,16 +53,27 @@ type peer struct {
 
 	wg sync.WaitGroup // the writer, pinger and reporter goroutines
 
+	start time.Time // queue entries are timed from it, on the monotonic clock
+
 	mu        sync.Mutex
-	queue     []edge.Data
-	queued    int         // bytes of the queue and of the message being written
-	writing   bool        // a writer goroutine runs, or has made the close handshake
-	closing   bool        // nothing more is queued
-	aborted   bool        // the connection was dropped without a close frame
-	ended     bool        // the read loop has finished: no goroutine starts any more
-	code      int         // the close status the server chose, 0 if none
-	reason    string      // its reason
-	heartbeat *time.Timer // nil when pings are disabled
+	queue     []entry
+	queued    int           // bytes of the queue and of the message being written
+	inflight  bool          // a message is being written
+	sentAt    time.Duration // when the message being written was queued
+	evicted   bool          // a slow consumer: the write deadline is final
+	writing   bool          // a writer goroutine runs, or has made the close handshake
+	closing   bool          // nothing more is queued
+	aborted   bool          // the connection was dropped without a close frame
+	ended     bool          // the read loop has finished: no goroutine starts any more
+	code      int           // the close status the server chose, 0 if none
+	reason    string        // its reason
+	heartbeat *time.Timer   // nil when pings are disabled
+}
+
+// entry is one queued message and when it was queued.
+type entry struct {
+	d  edge.Data
+	at time.Duration // since the peer's start
 }
 
 // ID implements edge.Peer.
@@ -74,8 +86,9 @@ func (p *peer) Namespace() string { return p.namespace }
 func (p *peer) Attr(key string) string { return p.attrs[key] }
 
 // Send implements edge.Peer. It queues d and returns: ErrPeerClosed once the
-// peer is closing, ErrSlowConsumer if the queue overflowed, which closes the
-// peer.
+// peer is closing, ErrSlowConsumer if the peer turned out to be a slow
+// consumer, which closes it, ErrMessageTooLarge if d could never fit in its
+// queue.
 func (p *peer) Send(ctx context.Context, d edge.Data) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -146,32 +159,66 @@ func validCloseStatus(code int) bool {
 // peer drops it.
 func (p *peer) Deliver(d edge.Data) { _ = p.enqueue(d) }
 
+// enqueue appends d to the write queue, unless the peer is a slow consumer:
+// then it evicts the peer. See the package documentation for the policy.
 func (p *peer) enqueue(d edge.Data) error {
 	size := len(d.Bytes) + queueOverhead
+	now := time.Since(p.start)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closing {
 		return ErrPeerClosed
 	}
-	if size > p.h.writeQueueBytes() {
+	limit := p.h.writeQueueBytes()
+	if size > limit {
 		// No reader could be fast enough for it: the message is at
 		// fault, not the peer.
 		err := fmt.Errorf("%w: %d bytes", ErrMessageTooLarge, len(d.Bytes))
 		p.goLocked(func() { p.report(err) })
 		return err
 	}
-	if p.queued+size > p.h.writeQueueBytes() {
-		p.closeLocked(StatusSlowConsumer, "slow consumer", true)
-		// Report from a goroutine of its own: the caller may be the Hub
-		// fanning out, which the hook must not re-enter, and the writer
-		// may be stuck on the socket for up to WriteTimeout.
-		p.goLocked(func() { p.report(ErrSlowConsumer) })
-		return ErrSlowConsumer
+	if lag := p.lagLocked(now); p.queued+size > limit || lag > p.h.maxWriteLag() {
+		err := fmt.Errorf("%w: %v behind, %d bytes queued", ErrSlowConsumer, lag.Round(time.Millisecond), p.queued)
+		p.evictLocked(err)
+		return err
 	}
-	p.queue = append(p.queue, d)
+	p.queue = append(p.queue, entry{d: d, at: now})
 	p.queued += size
 	p.startWriterLocked()
 	return nil
+}
+
+// lagLocked returns how long the oldest message not yet written, if any,
+// has waited at time now.
+func (p *peer) lagLocked(now time.Duration) time.Duration {
+	switch {
+	case p.inflight:
+		return now - p.sentAt
+	case len(p.queue) > 0:
+		return now - p.queue[0].at
+	}
+	return 0
+}
+
+// evictLocked closes a slow consumer, to be reported with err. Its queue is
+// dropped at once; the write in progress, if any, and the close frame get
+// WriteTimeout from now before the connection is dropped. The peer leaves
+// the Hub, so that publishers stop visiting it, and is reported to
+// Hooks.Error, both from a goroutine of its own: the caller may be the Hub
+// fanning out, which must not be re-entered.
+func (p *peer) evictLocked(err error) {
+	p.closeLocked(StatusSlowConsumer, "slow consumer", true)
+	// The write in progress may be stuck on a full socket. The writer
+	// leaves this deadline in place, so it bounds the close frame too.
+	p.evicted = true
+	_ = p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout()))
+	member := p.member
+	p.goLocked(func() {
+		if member != nil {
+			member.Leave()
+		}
+		p.report(err)
+	})
 }
 
 // closeLocked marks the peer closing with code and has the writer send the
@@ -232,18 +279,30 @@ func (p *peer) writeLoop() {
 			p.mu.Unlock()
 			return
 		}
-		d := p.queue[0]
-		p.queue[0] = edge.Data{}
+		e := p.queue[0]
+		p.queue[0] = entry{}
 		p.queue = p.queue[1:]
 		if len(p.queue) == 0 {
 			p.queue = nil
 		}
+		p.inflight, p.sentAt = true, e.at
+		// A deadline on the connection bounds the write: unlike a
+		// context with a timeout, it costs no allocation per message.
+		// It is set and cleared under p.mu, so that the deadline an
+		// eviction sets, which bounds the close frame too, stays.
+		deadline := p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout())) == nil
 		p.mu.Unlock()
 
-		err := p.write(d)
+		err := p.write(e.d, deadline)
 
 		p.mu.Lock()
-		p.queued -= len(d.Bytes) + queueOverhead
+		p.inflight = false
+		if deadline && !p.evicted {
+			// coder/websocket's reader writes pongs on the same
+			// connection.
+			_ = p.raw.SetWriteDeadline(time.Time{})
+		}
+		p.queued -= len(e.d.Bytes) + queueOverhead
 		if err == nil {
 			p.mu.Unlock()
 			continue
@@ -265,19 +324,16 @@ func (p *peer) writeLoop() {
 	}
 }
 
-func (p *peer) write(d edge.Data) error {
+// write writes one message, bounded by the write deadline already set on
+// the connection, or by WriteTimeout if it has no deadlines.
+func (p *peer) write(d edge.Data, deadline bool) error {
 	typ := websocket.MessageText
 	if d.Binary {
 		typ = websocket.MessageBinary
 	}
-	// A deadline on the connection bounds the write: unlike a context
-	// with a timeout, it costs no allocation per message. It is cleared
-	// after, because coder/websocket's reader writes pongs on the same
-	// connection.
 	var err error
-	if p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout())) == nil {
+	if deadline {
 		err = p.conn.Write(context.Background(), typ, d.Bytes)
-		_ = p.raw.SetWriteDeadline(time.Time{})
 	} else { // a connection without deadlines
 		ctx, cancel := context.WithTimeout(context.Background(), p.h.writeTimeout())
 		err = p.conn.Write(ctx, typ, d.Bytes)
@@ -288,6 +344,10 @@ func (p *peer) write(d edge.Data) error {
 	}
 	return nil
 }
+
+// lingerer is a connection that can discard what it has not sent when it
+// is closed, as *net.TCPConn can.
+type lingerer interface{ SetLinger(sec int) error }
 
 // abort drops the connection without a close frame, reporting cause unless
 // it is nil. The close status already chosen, if any, is kept.
@@ -302,6 +362,12 @@ func (p *peer) abort(reason string, cause error) {
 	p.mu.Unlock()
 	if cause != nil && !ended {
 		p.report(cause)
+	}
+	// What the peer has not read is of no use to anyone: discard it at
+	// once (the client gets a TCP reset) instead of leaving the kernel to
+	// hold it, possibly for minutes, for a client that does not read.
+	if l, ok := p.raw.(lingerer); ok {
+		_ = l.SetLinger(0)
 	}
 	_ = p.raw.Close()
 }

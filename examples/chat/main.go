@@ -16,7 +16,7 @@
 // -redis URL, -postgres URL and -cluster SOCKET choose the backplane (one
 // at most), -channel NAME the channel the servers share. Each flag defaults
 // to an environment variable: EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL,
-// EDGESYNC_CLUSTER_SOCKET and EDGESYNC_CHANNEL.
+// EDGESYNC_CLUSTER_SOCKET and EDGESYNC_CHANNEL. chat -h prints them.
 //
 // -secret KEYS (or EDGESYNC_SECRET) signs the backplane: every server of the
 // chat must be given the same secret, and drops what is not signed with it.
@@ -25,6 +25,10 @@
 // then "new".
 //
 //	EDGESYNC_SECRET=$(openssl rand -hex 32) go run ./examples/chat -redis redis://127.0.0.1:6379/0
+//
+// SIGINT (Ctrl-C) or SIGTERM stops the server: it stops listening, sends
+// every WebSocket client 1001 Going Away at once, and exits when they have
+// gone, within ten seconds at most. A second signal ends it at once.
 package main
 
 import (
@@ -34,12 +38,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -71,20 +77,39 @@ type config struct {
 }
 
 func main() {
-	cfg, err := parseConfig(os.Args[1:], os.Getenv)
-	if err == nil {
-		err = run(cfg)
+	cfg, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0) // -h: the usage is printed
+	case err != nil:
+		os.Exit(2) // the error and the usage are printed
 	}
-	if err != nil {
+	if err := run(cfg); err != nil {
 		slog.Error("chat", "err", err)
 		os.Exit(1)
 	}
 }
 
 // parseConfig reads the flags, defaulting each to its environment variable.
-func parseConfig(args []string, getenv func(string) string) (config, error) {
+// On an error, including flag.ErrHelp for -h, it has printed the usage to
+// out.
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: chat [flags]
+
+Serves a chat room at http://ADDR/ and its WebSocket endpoint at /_ws.
+With -redis, -postgres or -cluster (one at most), instances on the same
+channel form one room. The backplane flags and -channel default to
+EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL, EDGESYNC_CLUSTER_SOCKET and
+EDGESYNC_CHANNEL. SIGINT or SIGTERM stops the server.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&cfg.addr, "addr", ":8080", "address to listen on")
 	fs.StringVar(&cfg.redis, "redis", getenv("EDGESYNC_REDIS_URL"), "relay over Redis at this URL")
 	fs.StringVar(&cfg.postgres, "postgres", getenv("EDGESYNC_POSTGRES_URL"), "relay over Postgres at this URL")
@@ -101,14 +126,18 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		}
 	}
 	if chosen > 1 {
-		return config{}, errors.New("choose one backplane: -redis, -postgres or -cluster")
+		err := errors.New("choose one backplane: -redis, -postgres or -cluster")
+		fmt.Fprintln(fs.Output(), err)
+		fs.Usage()
+		return config{}, err
 	}
 	return cfg, nil
 }
 
-// run serves the chat until SIGINT or SIGTERM, then shuts down: the
-// listener first, then every peer (1001 Going Away), the hub and the
-// backplane's client.
+// run serves the chat until SIGINT or SIGTERM, then shuts down: it stops
+// listening, and at once sends every peer 1001 Going Away, closes the
+// connections that never sent a request, and waits for requests under way;
+// then it closes the hub and the backplane's client.
 func run(cfg config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -129,6 +158,12 @@ func run(cfg config) error {
 		return err
 	}
 	srv := &http.Server{Handler: newServer(ws), ReadHeaderTimeout: 10 * time.Second}
+	// Browsers open connections ahead of need; one that never sent a
+	// request would hold Shutdown for five seconds, the time net/http
+	// gives a new connection before it counts as idle.
+	var fresh freshConns
+	srv.ConnState = fresh.track
+	srv.RegisterOnShutdown(fresh.closeAll)
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -142,16 +177,62 @@ func run(cfg config) error {
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	if serr := srv.Shutdown(shutdown); serr != nil {
+	// The WebSocket connections are hijacked: Shutdown neither closes nor
+	// waits for them, ws.Close does, at the same time.
+	var serr, cerr error
+	var wg sync.WaitGroup
+	wg.Go(func() { serr = srv.Shutdown(shutdown) })
+	wg.Go(func() { cerr = ws.Close(shutdown) })
+	wg.Wait()
+	if serr != nil {
 		err = errors.Join(err, fmt.Errorf("shut down HTTP server: %w", serr))
 	}
-	if cerr := ws.Close(shutdown); cerr != nil {
+	if cerr != nil {
 		err = errors.Join(err, cerr)
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
 	return err
+}
+
+// freshConns tracks the connections that have not sent a request yet, so
+// that shutting down can close them at once: a client waiting on one has
+// sent nothing, and retries on another connection.
+type freshConns struct {
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool // shutting down: new connections are closed at once
+}
+
+// track is an http.Server.ConnState hook.
+func (f *freshConns) track(c net.Conn, state http.ConnState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case state == http.StateNew && f.closed:
+		// Accepted as the listener closed.
+		c.Close()
+	case state == http.StateNew:
+		if f.conns == nil {
+			f.conns = make(map[net.Conn]struct{})
+		}
+		f.conns[c] = struct{}{}
+	default:
+		delete(f.conns, c)
+	}
+}
+
+// closeAll closes every connection that has not sent a request, and those
+// accepted from now on.
+func (f *freshConns) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for c := range f.conns {
+		c.Close()
+	}
+	clear(f.conns)
 }
 
 // newSync returns the Sync that relays messages between the instances of

@@ -1,11 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,22 +149,178 @@ func TestPage(t *testing.T) {
 
 func TestParseConfig(t *testing.T) {
 	env := map[string]string{"EDGESYNC_REDIS_URL": "redis://127.0.0.1:6379/0", "EDGESYNC_CHANNEL": "room"}
-	cfg, err := parseConfig([]string{"-addr", ":9000"}, func(k string) string { return env[k] })
+	cfg, err := parseConfig([]string{"-addr", ":9000"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.addr != ":9000" || cfg.redis != env["EDGESYNC_REDIS_URL"] || cfg.channel != "room" {
 		t.Fatalf("config from the environment: %+v", cfg)
 	}
-	cfg, err = parseConfig([]string{"-redis", "", "-cluster", "/tmp/chat.sock", "-channel", "c"}, func(k string) string { return env[k] })
+	cfg, err = parseConfig([]string{"-redis", "", "-cluster", "/tmp/chat.sock", "-channel", "c"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil || cfg.redis != "" || cfg.cluster != "/tmp/chat.sock" || cfg.channel != "c" {
 		t.Fatalf("flags override the environment: %+v, %v", cfg, err)
 	}
-	if _, err := parseConfig([]string{"-postgres", "postgres://x", "-cluster", "s"}, func(string) string { return "" }); err == nil {
+	if _, err := parseConfig([]string{"-postgres", "postgres://x", "-cluster", "s"}, func(string) string { return "" }, io.Discard); err == nil {
 		t.Fatal("two backplanes accepted")
 	}
-	cfg, _ = parseConfig(nil, func(string) string { return "" })
+	cfg, _ = parseConfig(nil, func(string) string { return "" }, io.Discard)
 	if cfg.channel != "edgesync-chat" || cfg.addr != ":8080" {
 		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+// The tests below run the chat as users do: the built command, as an OS
+// process.
+
+// chatBinary builds the command once for the test binary.
+var chatBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "chat-test")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "chat")
+	if out, err := exec.Command("go", "build", "-o", path, ".").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return path, nil
+})
+
+func binary(t *testing.T) string {
+	t.Helper()
+	path, err := chatBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var listening = regexp.MustCompile(`chat listening addr=(\S+)`)
+
+// startProcess starts the chat on a free port, alone, and returns the
+// process and its address once it listens; exited receives its end.
+func startProcess(t *testing.T) (cmd *exec.Cmd, addr string, exited <-chan error) {
+	t.Helper()
+	cmd = exec.Command(binary(t), "-addr", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL=", "EDGESYNC_CLUSTER_SOCKET=")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addrs := make(chan string, 1)
+	done := make(chan error, 1)
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			t.Logf("chat: %s", sc.Text())
+			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+				addrs <- m[1]
+			}
+		}
+		done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-finished
+	})
+	select {
+	case addr = <-addrs:
+	case err := <-done:
+		t.Fatalf("chat exited before listening: %v", err)
+	case <-time.After(wait):
+		t.Fatal("chat did not listen")
+	}
+	return cmd, addr, done
+}
+
+// TestSIGTERMWithAnIdleConnection stops the chat as a user does, with a
+// browser tab open: beside its WebSocket, a browser keeps a connection it
+// opened ahead of need and has sent nothing on. The client gets 1001 at
+// once and the process exits, without waiting the five seconds net/http
+// gives a new connection before it counts as idle.
+func TestSIGTERMWithAnIdleConnection(t *testing.T) {
+	cmd, addr, exited := startProcess(t)
+
+	// Dialled first, so accepted first: once the WebSocket is up, the
+	// server holds this connection, in net/http's state StateNew.
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+addr+"/_ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	closed := make(chan error, 1)
+	go func() {
+		for {
+			if _, _, err := c.Read(context.Background()); err != nil {
+				closed <- err
+				return
+			}
+		}
+	}()
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// A bound well below the five seconds of the stall, not a speed
+	// target: the shutdown has nothing to wait for.
+	const bound = 3 * time.Second
+	timeout := time.After(bound)
+	select {
+	case err := <-closed:
+		if got := websocket.CloseStatus(err); got != websocket.StatusGoingAway {
+			t.Errorf("client closed with %v (%v), want 1001 Going Away", got, err)
+		}
+	case <-timeout:
+		t.Fatalf("client not closed within %v of SIGTERM", bound)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("chat exited: %v, want status 0", err)
+		}
+	case <-timeout:
+		t.Fatalf("chat still running %v after SIGTERM", bound)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, flag := range []string{"-h", "-help"} {
+		var stdout, stderr strings.Builder
+		cmd := exec.Command(binary(t), flag)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Errorf("chat %s: %v, want status 0; stderr:\n%s", flag, err, stderr.String())
+		}
+		out := stdout.String() + stderr.String()
+		if !strings.Contains(out, "Usage: chat") || !strings.Contains(out, "-addr") || strings.Contains(out, "ERROR") {
+			t.Errorf("chat %s printed:\n%s", flag, out)
+		}
+	}
+}
+
+func TestBadFlag(t *testing.T) {
+	for _, args := range [][]string{{"-nope"}, {"-redis", "redis://x", "-cluster", "s"}} {
+		var stderr strings.Builder
+		cmd := exec.Command(binary(t), args...)
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+			t.Errorf("chat %q: %v, want status 2", args, err)
+		}
+		if !strings.Contains(stderr.String(), "Usage: chat") {
+			t.Errorf("chat %q printed no usage:\n%s", args, stderr.String())
+		}
 	}
 }

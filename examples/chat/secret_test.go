@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -17,11 +18,11 @@ import (
 
 func TestSecretConfig(t *testing.T) {
 	env := map[string]string{"EDGESYNC_SECRET": "new,old"}
-	cfg, err := parseConfig(nil, func(k string) string { return env[k] })
+	cfg, err := parseConfig(nil, func(k string) string { return env[k] }, io.Discard)
 	if err != nil || cfg.secret != "new,old" {
 		t.Fatalf("EDGESYNC_SECRET: %+v, %v", cfg, err)
 	}
-	cfg, err = parseConfig([]string{"-secret", "other"}, func(k string) string { return env[k] })
+	cfg, err = parseConfig([]string{"-secret", "other"}, func(k string) string { return env[k] }, io.Discard)
 	if err != nil || cfg.secret != "other" {
 		t.Fatalf("-secret overrides EDGESYNC_SECRET: %+v, %v", cfg, err)
 	}

@@ -336,8 +336,9 @@ func TestSlowClientProcess(t *testing.T) {
 		conn.SetReadLimit(1 << 20)
 		return conn
 	}
-	for i := range room.slow {
-		dial(fmt.Sprintf("slow%d", i)) // never read
+	slow := make([]*websocket.Conn, room.slow)
+	for i := range slow {
+		slow[i] = dial(fmt.Sprintf("slow%d", i)) // never read
 	}
 	healthy := make([]*websocket.Conn, room.healthy)
 	for i := range healthy {
@@ -358,6 +359,13 @@ func TestSlowClientProcess(t *testing.T) {
 
 	// Each reader checks that every sender's messages arrive in order,
 	// none missing, and counts them.
+	var readers sync.WaitGroup
+	defer readers.Wait()
+	defer func() { // last: the connections end, and their readers with them
+		for _, conn := range append(slow, healthy...) {
+			conn.CloseNow()
+		}
+	}()
 	got := make([][]atomic.Int64, room.healthy)
 	readErr := make([]chan error, room.healthy)
 	progress := make([]chan struct{}, room.healthy) // signalled after each message
@@ -365,7 +373,7 @@ func TestSlowClientProcess(t *testing.T) {
 		got[i] = make([]atomic.Int64, room.healthy)
 		readErr[i] = make(chan error, 1)
 		progress[i] = make(chan struct{}, 1)
-		go func() {
+		readers.Go(func() {
 			for {
 				_, b, err := conn.Read(ctx)
 				if err != nil {
@@ -383,7 +391,7 @@ func TestSlowClientProcess(t *testing.T) {
 				default:
 				}
 			}
-		}()
+		})
 	}
 	sent := make([]atomic.Int64, room.healthy)
 	stop := make(chan struct{})

@@ -470,17 +470,8 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	brw.Reader.Reset(fc)
 	w.conn = fc
-	// The writer net/http hands over holds 4 KiB, so a message of 4 KiB
-	// took two writes to the socket, one for the header and most of the
-	// payload, one for the rest. Room for the header too makes it one.
-	brw.Writer = bufio.NewWriterSize(conn, writeBufferSize)
 	return fc, brw, nil
 }
-
-// writeBufferSize is the write buffer of a connection: a payload of 4 KiB
-// and the longest frame header, which coder/websocket writes with one
-// system call. net/http has flushed its own buffer before the hijack.
-const writeBufferSize = 4<<10 + 14
 
 // Unwrap returns the ResponseWriter it wraps, for http.ResponseController.
 func (w *hijackRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,5 +1,7 @@
 package edge
 
+import "unicode/utf8"
+
 // Data is one WebSocket message body: UTF-8 text or binary.
 //
 // Bytes is shared, not copied, on its way to every subscriber: it must not be
@@ -14,6 +16,10 @@ func Text(s string) Data { return Data{Bytes: []byte(s)} }
 
 // Binary returns the binary Data holding b. It does not copy b.
 func Binary(b []byte) Data { return Data{Bytes: b, Binary: true} }
+
+// Valid reports whether d can be sent as it is: binary data always, text
+// only when it is UTF-8, as a WebSocket text frame must be.
+func (d Data) Valid() bool { return d.Binary || utf8.Valid(d.Bytes) }
 
 // String returns the body as a string, whatever its kind.
 func (d Data) String() string { return string(d.Bytes) }

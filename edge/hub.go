@@ -11,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 // Defaults for the zero values of Options.
@@ -181,7 +180,7 @@ func (h *Hub) publish(msg Message, from *Member) error {
 	if msg.Topic == "" {
 		return ErrInvalidTopic
 	}
-	if !msg.Data.Binary && !utf8.Valid(msg.Data.Bytes) {
+	if !msg.Data.Valid() {
 		return ErrInvalidText
 	}
 	h.mu.RLock()

@@ -9,7 +9,6 @@ import (
 	"runtime/debug"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/edgesync/edgesync/edge"
@@ -93,8 +92,8 @@ func (p *peer) Send(ctx context.Context, d edge.Data) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !d.Binary && !utf8.Valid(d.Bytes) {
-		return errors.New("longlived: send: text data is not valid UTF-8")
+	if !d.Valid() {
+		return fmt.Errorf("longlived: send: %w", edge.ErrInvalidText)
 	}
 	return p.enqueue(d)
 }
@@ -467,7 +466,7 @@ func (p *peer) readLoop() error {
 		}
 		p.in.wait(len(b), p.frames.done)
 		d := edge.Data{Bytes: b, Binary: typ == websocket.MessageBinary}
-		if !d.Binary && !utf8.Valid(b) {
+		if !d.Valid() {
 			_ = p.Close(statusInvalidPayload, "text message is not valid UTF-8")
 			return errStopped
 		}

@@ -303,9 +303,8 @@ func chatHooks() edge.Hooks {
 				slog.Error("chat: publish", "peer", p.ID(), "err", err)
 			}
 		},
-		Error: func(p edge.Peer, err error) {
-			slog.Warn("chat: peer error", "peer", p.ID(), "err", err)
-		},
+		// No Error hook: the handler logs peer errors (slow consumers,
+		// floods) once per kind and interval, with a count.
 	}
 }
 

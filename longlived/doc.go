@@ -40,9 +40,11 @@
 // dropped, and other peers, on this instance and others, are not slowed.
 // Hooks.Message never sees more from a peer than the burst plus the rates
 // times the time since it connected. The pongs of a peer that keeps sending
-// faster queue behind its own backlog: once the backlog takes longer than
-// PingTimeout to read at the peer's rates, the peer is dropped as
-// unresponsive (ErrPingTimeout, then 1006).
+// faster queue behind its own backlog; a ping that gets no pong within
+// PingTimeout while the read loop took in messages of the peer does not
+// count against it, so a peer that floods is paced for as long as it floods,
+// not dropped. A peer whose backlog is read, and that still does not answer,
+// is dropped as unresponsive (ErrPingTimeout, then 1006).
 //
 // Frames are bounded too, since ReadLimit and BytesPerSecond count payload
 // bytes only and empty frames cost none: a message of more than

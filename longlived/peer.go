@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -47,8 +48,9 @@ type peer struct {
 	conn      *websocket.Conn
 	raw       net.Conn // the hijacked connection, closed to drop the peer
 
-	frames *frameConn // raw, which follows the frames the library reads
-	in     inbound    // paces the read loop
+	frames *frameConn    // raw, which follows the frames the library reads
+	in     inbound       // paces the read loop
+	reads  atomic.Uint64 // messages the read loop has taken in, for the pinger
 
 	wg sync.WaitGroup // the writer, pinger and reporter goroutines
 
@@ -397,12 +399,17 @@ func (p *peer) ping() {
 	p.mu.Unlock()
 	defer p.wg.Done()
 
+	before := p.reads.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), p.h.pingTimeout())
 	err := p.conn.Ping(ctx)
 	cancel()
 	switch {
 	case errors.Is(err, net.ErrClosed):
 		return // the read loop sees why
+	case err != nil && p.reads.Load() > before:
+		// No pong yet, but the read loop is taking in what the peer
+		// sent: its pong is queued behind it, at the pace of the
+		// inbound limits. It is judged again once that is read.
 	case err != nil:
 		p.abort("ping timeout", fmt.Errorf("%w: %w", ErrPingTimeout, err))
 		return
@@ -455,6 +462,7 @@ func (p *peer) readLoop() error {
 			}
 			return err
 		}
+		p.reads.Add(1)
 		if read++; read > p.frames.messages() {
 			// The connection ended inside this message, and
 			// coder/websocket returned what it had of it: the peer

@@ -101,14 +101,17 @@ func chatBinary(t *testing.T) string {
 	return path
 }
 
-var buildChat = sync.OnceValues(func() (string, error) {
-	path := filepath.Join(binDir, "chat")
-	out, err := exec.Command("go", "build", "-o", path, "github.com/edgesync/edgesync/examples/chat").CombinedOutput()
+var buildChat = sync.OnceValues(func() (string, error) { return build("chat") })
+
+// build builds examples/name into binDir.
+func build(name string) (string, error) {
+	path := filepath.Join(binDir, name)
+	out, err := exec.Command("go", "build", "-o", path, "github.com/edgesync/edgesync/examples/"+name).CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("build chat: %v\n%s", err, out)
+		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
 	}
 	return path, nil
-})
+}
 
 // binDir holds the programs the tests build.
 var binDir string
@@ -136,8 +139,17 @@ func (p *chatProcess) kill(t *testing.T) {
 // and must exit cleanly.
 func startChat(t *testing.T, bin string, args ...string) *chatProcess {
 	t.Helper()
+	return startProgram(t, bin, listening, nil, args...)
+}
+
+// startProgram starts an example program on a free port, with env added to
+// an environment that names no backplane, and returns it once it has logged
+// the address it listens on, the first group of listening.
+func startProgram(t *testing.T, bin string, listening *regexp.Regexp, env []string, args ...string) *chatProcess {
+	t.Helper()
+	name := filepath.Base(bin)
 	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, args...)...)
-	cmd.Env = append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL=")
+	cmd.Env = append(append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL="), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +163,7 @@ func startChat(t *testing.T, bin string, args ...string) *chatProcess {
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			t.Logf("chat %d: %s", cmd.Process.Pid, sc.Text())
+			t.Logf("%s %d: %s", name, cmd.Process.Pid, sc.Text())
 			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
 				addr <- m[1]
 			}
@@ -163,16 +175,16 @@ func startChat(t *testing.T, bin string, args ...string) *chatProcess {
 			cmd.Process.Signal(syscall.SIGTERM)
 		}
 		if err := <-exited; err != nil && !p.killed {
-			t.Errorf("chat exited: %v", err)
+			t.Errorf("%s exited: %v", name, err)
 		}
 	})
 	select {
 	case p.addr = <-addr:
 		return p
 	case err := <-exited:
-		t.Fatalf("chat exited before listening: %v", err)
+		t.Fatalf("%s exited before listening: %v", name, err)
 	case <-time.After(wait):
-		t.Fatal("chat did not listen")
+		t.Fatalf("%s did not listen", name)
 	}
 	return nil
 }

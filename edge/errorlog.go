@@ -111,6 +111,9 @@ func (l *ErrorLog) release(key errorKey) {
 	k.held, k.last, k.args, k.pending = 0, nil, nil, nil
 	k.until = time.Now().Add(l.interval())
 	l.mu.Unlock()
+	// release may run on a timer's goroutine, where a panicking
+	// slog.Handler would end the process.
+	defer func() { _ = recover() }()
 	l.logger().Error(key.msg, append(args, "err", err, "repeated", held, "within", l.interval().String())...)
 }
 

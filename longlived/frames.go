@@ -40,6 +40,8 @@ type frameConn struct {
 
 	maxMessage int    // frames in one message; <= 0 means no bound
 	perSecond  bucket // continuation and control frames a second; off when its rate is 0
+	pingBudget bucket // pings a second: each costs a pong written back
+	pings      int    // pings that began in the bytes being observed
 
 	head      [14]byte // the frame header being read
 	headLen   int      // bytes of head read so far
@@ -56,8 +58,14 @@ type frameConn struct {
 	done      chan struct{} // closed by Close
 }
 
+// pingsPerSecond bounds the pings a peer sends, each of which the library
+// answers with a write of its own: a client pings every few seconds, if at
+// all. A peer that sends more is closed as for Handler.FramesPerSecond.
+const pingsPerSecond = 50
+
 func newFrameConn(c net.Conn, maxMessage, perSecond int) *frameConn {
 	fc := &frameConn{Conn: c, maxMessage: maxMessage, done: make(chan struct{})}
+	fc.pingBudget = newBucket(pingsPerSecond, pingsPerSecond)
 	if perSecond > 0 {
 		fc.perSecond = newBucket(float64(perSecond), float64(perSecond))
 	}
@@ -137,6 +145,14 @@ func (fc *frameConn) observe(b []byte) error {
 			extra++
 		}
 	}
+	if fc.pings > 0 {
+		pings := fc.pings
+		fc.pings = 0
+		if fc.pingBudget.take(time.Now(), float64(pings)) > 0 {
+			fc.err = fmt.Errorf("%w: more than %d pings a second", ErrTooManyFrames, pingsPerSecond)
+			return fc.err
+		}
+	}
 	if extra > 0 && fc.perSecond.rate > 0 && fc.perSecond.take(time.Now(), float64(extra)) > 0 {
 		fc.err = fmt.Errorf("%w: more than %.0f continuation and control frames a second", ErrTooManyFrames, fc.perSecond.rate)
 		return fc.err
@@ -151,6 +167,9 @@ func (fc *frameConn) header() (first bool, err error) {
 	fc.headLen = 0
 	fc.fin = h[0]&0x80 != 0
 	fc.data = h[0]&0x08 == 0 // opcodes 0x0–0x7; 0x8–0xf are control frames
+	if h[0]&0x0f == 0x9 {
+		fc.pings++
+	}
 	switch n := h[1] & 0x7f; n {
 	case 126:
 		fc.remaining = uint64(binary.BigEndian.Uint16(h[2:]))

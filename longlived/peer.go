@@ -15,6 +15,10 @@ import (
 	"github.com/edgesync/edgesync/edge"
 )
 
+// closeHandshakeTimeout bounds how long the close handshake may read what a
+// client still sends before its close frame.
+const closeHandshakeTimeout = 5 * time.Second
+
 // queueOverhead is what one queued message costs besides its payload, in the
 // accounting of WriteQueueBytes: its entry in the queue (40 bytes on 64-bit
 // platforms), rounded up.
@@ -51,6 +55,7 @@ type peer struct {
 	frames *frameConn    // raw, which follows the frames the library reads
 	in     inbound       // paces the read loop
 	reads  atomic.Uint64 // messages the read loop has taken in, for the pinger
+	pacing atomic.Bool   // the read loop is waiting for the inbound limits
 
 	wg sync.WaitGroup // the writer, pinger and reporter goroutines
 
@@ -269,8 +274,14 @@ func (p *peer) writeLoop() {
 		p.mu.Lock()
 		if len(p.queue) == 0 {
 			if p.closing && p.code != 0 && !p.aborted {
-				code, reason := p.code, p.reason
+				code, reason, evicted := p.code, p.reason, p.evicted
 				p.mu.Unlock()
+				if evicted {
+					// What an evicted peer has not read by the
+					// end of the handshake is discarded (a TCP
+					// reset), not left to the kernel to hold.
+					p.setLinger0()
+				}
 				// Close is made once: writing stays true, so no
 				// writer starts again.
 				_ = p.conn.Close(websocket.StatusCode(code), reason)
@@ -367,10 +378,16 @@ func (p *peer) abort(reason string, cause error) {
 	// What the peer has not read is of no use to anyone: discard it at
 	// once (the client gets a TCP reset) instead of leaving the kernel to
 	// hold it, possibly for minutes, for a client that does not read.
+	p.setLinger0()
+	_ = p.raw.Close()
+}
+
+// setLinger0 has the connection reset, discarding what it has not sent,
+// when it is closed.
+func (p *peer) setLinger0() {
 	if l, ok := p.raw.(lingerer); ok {
 		_ = l.SetLinger(0)
 	}
-	_ = p.raw.Close()
 }
 
 // drop drops the connection at once, keeping the close status already chosen.
@@ -406,10 +423,11 @@ func (p *peer) ping() {
 	switch {
 	case errors.Is(err, net.ErrClosed):
 		return // the read loop sees why
-	case err != nil && p.reads.Load() > before:
+	case errors.Is(err, context.DeadlineExceeded) && (p.reads.Load() > before || p.pacing.Load()):
 		// No pong yet, but the read loop is taking in what the peer
-		// sent: its pong is queued behind it, at the pace of the
-		// inbound limits. It is judged again once that is read.
+		// sent, or waiting to at the pace of the inbound limits: its
+		// pong is queued behind that. It is judged again once that is
+		// read.
 	case err != nil:
 		p.abort("ping timeout", fmt.Errorf("%w: %w", ErrPingTimeout, err))
 		return
@@ -469,10 +487,12 @@ func (p *peer) readLoop() error {
 			// is dropped, the message is not delivered.
 			return errIncomplete
 		}
-		if p.isClosing() {
-			continue
-		}
+		p.pacing.Store(true)
 		p.in.wait(len(b), p.frames.done)
+		p.pacing.Store(false)
+		if p.isClosing() {
+			continue // checked after the wait, which a close cuts short
+		}
 		d := edge.Data{Bytes: b, Binary: typ == websocket.MessageBinary}
 		if !d.Valid() {
 			_ = p.Close(statusInvalidPayload, "text message is not valid UTF-8")
@@ -510,7 +530,12 @@ func (p *peer) finish(err error) (code int, reason string) {
 	code, reason = p.code, p.reason
 	p.mu.Unlock()
 
-	if !handshake {
+	if handshake {
+		// The close handshake reads what the client still sends until
+		// its close frame comes: a client that announced a long frame,
+		// or that keeps sending, must not hold it open.
+		_ = p.raw.SetReadDeadline(time.Now().Add(closeHandshakeTimeout))
+	} else {
 		// The client closed, or the connection failed: nothing more can
 		// be said. Closing the socket unblocks a writer and a pinger.
 		_ = p.raw.Close()

@@ -38,6 +38,13 @@ func Prune(ctx context.Context, r *Registry) (int64, error) { return r.prune(ctx
 // listening connection, and how long a ping or a probe may take. pings
 // counts the pings on the listening connection.
 func SetProbeTiming(build edge.Sync, interval, timeout time.Duration) (_ edge.Sync, pings func() int64) {
+	sync, counts := SetProbeTimingCounted(build, interval, timeout)
+	return sync, func() int64 { p, _ := counts(); return p }
+}
+
+// SetProbeTimingCounted is SetProbeTiming, counting the pings and the
+// listening connections made.
+func SetProbeTimingCounted(build edge.Sync, interval, timeout time.Duration) (_ edge.Sync, counts func() (pings, listens int64)) {
 	var d *driver
 	var mu sync.Mutex
 	return func(inst edge.Instance) (edge.Driver, error) {
@@ -49,9 +56,9 @@ func SetProbeTiming(build edge.Sync, interval, timeout time.Duration) (_ edge.Sy
 				mu.Unlock()
 			}
 			return dr, err
-		}, func() int64 {
+		}, func() (int64, int64) {
 			mu.Lock()
 			defer mu.Unlock()
-			return d.pings.Load()
+			return d.pings.Load(), d.listens.Load()
 		}
 }

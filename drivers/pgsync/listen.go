@@ -37,6 +37,7 @@ func (d *driver) connect(ctx context.Context) (*pgx.Conn, error) {
 		closeConn(conn)
 		return nil, err
 	}
+	d.listens.Add(1)
 	return conn, nil
 }
 
@@ -58,9 +59,14 @@ func (d *driver) run(ctx context.Context, conn *pgx.Conn, deliver func(edge.Mess
 				return
 			}
 		}
-		backoff.Reset()
-		d.outage.Restored()
-		err := d.receive(ctx, conn, deliver)
+		// The outage ends, and the backoff starts again, only once a
+		// probe has come back through the new connection: one that
+		// connects but receives nothing (another database, a pooler
+		// that drops LISTEN) is the same outage.
+		err := d.receive(ctx, conn, deliver, func() {
+			backoff.Reset()
+			d.outage.Restored()
+		})
 		closeConn(conn)
 		conn = nil
 		if ctx.Err() != nil {
@@ -85,12 +91,17 @@ func (d *driver) reconnect(ctx context.Context, backoff *reconnect.Backoff) *pgx
 
 // receive delivers the notifications of conn until it fails or is found
 // dead. On a fixed schedule, whatever the traffic, it pings the server on
-// conn and checks that the prober's last probe came back in time.
-func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.Message)) error {
+// conn and checks that the prober's last probe came back in time. It calls
+// works once, when the first probe has come back.
+func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.Message), works func()) error {
 	d.probes.Up()
 	defer d.probes.Down()
 	next := time.Now().Add(d.probePeriod)
 	for {
+		if works != nil && d.probes.Answered() {
+			works()
+			works = nil
+		}
 		until := next
 		if due, ok := d.probes.Due(d.timeout); ok && due.Before(until) {
 			until = due

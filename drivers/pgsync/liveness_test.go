@@ -166,11 +166,25 @@ func TestListenerMissingItsProbesIsReplaced(t *testing.T) {
 	if got := pool.Config().ConnConfig.Database; got != "postgres" {
 		t.Skipf("could not point a pool at the postgres database (got %q)", got)
 	}
-	build, _ := pgsync.SetProbeTiming(pgsync.New(pgsync.Options{Pool: pool, ConnString: url, Channel: testenv.Channel(t)}),
-		100*time.Millisecond, time.Second)
+	build, counts := pgsync.SetProbeTimingCounted(pgsync.New(pgsync.Options{Pool: pool, ConnString: url, Channel: testenv.Channel(t)}),
+		100*time.Millisecond, 300*time.Millisecond)
 	_, log := newHub(t, build)
 	lost := log.Await(t, edge.StageSubscribe, 0, waitTimeout)
 	if !strings.Contains(lost.Error(), "probe") {
 		t.Errorf("reported %v, want the probe named", lost)
+	}
+	// Each new listener connects but gets no probe back either: the
+	// outage goes on, and is not reported again.
+	deadline := time.Now().Add(waitTimeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for _, listens := counts(); listens < 4; _, listens = counts() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d listening connections within %v, want 4", listens, waitTimeout)
+		}
+		<-tick.C
+	}
+	if n := log.Count(edge.StageSubscribe); n != 1 {
+		t.Errorf("reported at StageSubscribe %d times, want once for the outage: %v", n, log.Errors(edge.StageSubscribe))
 	}
 }

@@ -124,6 +124,7 @@ type driver struct {
 	ownPrefix   string        // how the envelopes of this instance begin
 	probePeriod time.Duration // between two checks of the listening connection
 	pings       atomic.Int64  // pings sent on the listening connection
+	listens     atomic.Int64  // listening connections made
 	scratch     sync.Pool     // of *batch
 	rbuf        []byte        // the listener's copy of a payload
 
@@ -432,11 +433,11 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 	ctx, cancel := context.WithCancel(ctx)
 	d.cancel = cancel
 	d.done = make(chan struct{})
+	d.probing.Add(1) // under d.mu, before a Close can Wait
 	d.mu.Unlock()
 
 	conn, err := d.connect(ctx)
 	go d.run(ctx, conn, deliver)
-	d.probing.Add(1)
 	go func() {
 		defer d.probing.Done()
 		d.prober(ctx)

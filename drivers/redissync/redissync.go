@@ -83,6 +83,7 @@
 package redissync
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -356,19 +357,28 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 // go-redis reconnects a PubSub on its own: when a read fails, it closes the
 // connection and at once dials a new one and sends SUBSCRIBE again; when that
 // dial fails, the next ReceiveTimeout dials. So the loop does not subscribe
-// again after an error itself. It counts the subscription as lost at the
-// first error and as back when Redis confirms it (or a message on the channel
-// arrives), and waits between failing attempts so that an unreachable server
-// is not dialled in a spin. What go-redis does not detect, a connection that
-// is open but dead, the loop finds out on a fixed schedule: it sends PING
-// every interval and expects the PONG, and the prober's probes, within the
-// timeout; when either is late, it replaces the PubSub.
+// again after such an error itself: it counts the subscription as lost at the
+// first error, and waits between failing attempts so that an unreachable
+// server is not dialled in a spin. What go-redis does not detect, a
+// connection that is open but dead, the loop finds out on a fixed schedule,
+// and replaces the PubSub: a SUBSCRIBE not confirmed within the timeout, a
+// PING not answered within it (one is sent every interval), or a probe of
+// the prober's that did not come back within it. Lateness is judged only
+// when nothing is left to read, so that a backlog, which proves the
+// connection alive, is never taken for a dead one. The outage ends once a
+// probe has come back through the new subscription, not at its
+// confirmation: a subscription on a server that receives nothing (a failover
+// that left it on the wrong one) is still the same outage.
 func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.Message), first chan<- error, err error) {
 	defer d.wg.Done()
 	var (
 		answered   bool      // Subscribe has been answered through first
 		subscribed bool      // confirmed, and not lost since
+		works      bool      // a probe came back through it: the outage is over
 		everUp     bool      // confirmed once: later losses are reported
+		dead       bool      // err is the loop's own finding: replace the PubSub
+		idle       bool      // the last read found nothing to read
+		asked      time.Time // when the subscription was last asked for
 		pingAt     time.Time // when the unanswered PING was sent; zero when none is
 		nextPing   time.Time
 		backoff    = reconnect.Backoff{Min: minBackoff, Max: maxBackoff}
@@ -390,9 +400,10 @@ func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.M
 			// Subscribe returned.
 			d.outage.Lost(fmt.Errorf("redissync: subscription to %q lost, subscribing again: %w", d.channel, cause))
 		}
-		subscribed, pingAt = false, time.Time{}
+		subscribed, works, pingAt = false, false, time.Time{}
 		d.probes.Down()
 	}
+	asked = time.Now()
 	for {
 		if err != nil {
 			if ctx.Err() != nil {
@@ -402,39 +413,43 @@ func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.M
 			if !backoff.Wait(ctx) {
 				return
 			}
-			err = nil
-		}
-		if subscribed {
-			now := time.Now()
-			var dead error
-			switch {
-			case !pingAt.IsZero() && now.Sub(pingAt) > d.timeout:
-				dead = fmt.Errorf("no reply to PING within %v", d.timeout)
-			case d.probes.Overdue(now, d.timeout):
-				dead = fmt.Errorf("its own probe did not come back within %v", d.timeout)
-			case pingAt.IsZero() && !now.Before(nextPing):
-				if err = ps.Ping(ctx); err != nil {
-					continue
-				}
-				pingAt, nextPing = now, now.Add(d.interval)
-			}
-			if dead != nil {
-				// The connection is open but dead: replace the PubSub.
-				lost(dead)
+			if dead {
 				if ps = d.renew(ctx); ps == nil {
 					return
 				}
+			}
+			err, dead, idle, asked = nil, false, false, time.Now()
+		}
+		now := time.Now()
+		if idle {
+			switch {
+			case !subscribed && now.Sub(asked) > d.timeout:
+				err = fmt.Errorf("no confirmation of SUBSCRIBE within %v", d.timeout)
+			case subscribed && !pingAt.IsZero() && now.Sub(pingAt) > d.timeout:
+				err = fmt.Errorf("no reply to PING within %v", d.timeout)
+			case subscribed && d.probes.Overdue(now, d.timeout):
+				err = fmt.Errorf("its own probe did not come back within %v", d.timeout)
+			}
+			if err != nil {
+				dead = true // the connection is open but dead
 				continue
 			}
 		}
+		if subscribed && pingAt.IsZero() && !now.Before(nextPing) {
+			if err = ps.Ping(ctx); err != nil {
+				continue
+			}
+			pingAt, nextPing = now, now.Add(d.interval)
+		}
 		var v any
 		v, err = ps.ReceiveTimeout(ctx, d.interval/4)
+		idle = false
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			if isTimeout(err) {
-				err = nil // time to check the connection again
+				err, idle = nil, true // time to check the connection again
 			}
 			continue
 		}
@@ -457,14 +472,17 @@ func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.M
 		// A confirmation or a message: the subscription is in place.
 		if !subscribed {
 			subscribed, everUp = true, true
-			backoff.Reset()
-			d.outage.Restored()
 			d.probes.Up()
 			nextPing = time.Now().Add(d.interval)
 			if !answered {
 				first <- nil
 				answered = true
 			}
+		}
+		if !works && d.probes.Answered() {
+			works = true
+			backoff.Reset()
+			d.outage.Restored()
 		}
 	}
 }
@@ -490,10 +508,24 @@ func (d *driver) renew(ctx context.Context) *redis.PubSub {
 
 // prober publishes a probe through the client's pool every interval while
 // the subscription is up, one at a time, for the loop to expect back.
+//
+// go-redis honours a context's deadline only when the client enables
+// context timeouts, so a PUBLISH on a dead connection may outlast it (by the
+// client's ReadTimeout, or for ever when that is -1). The prober does not
+// wait for it past its timeout, so that Close never hangs on a probe: the
+// publish ends on its own goroutine, which holds nothing of the driver's.
 func (d *driver) prober(ctx context.Context) {
 	defer d.wg.Done()
 	d.probes.Run(ctx, d.probe, d.interval, d.timeout, func(ctx context.Context, payload []byte) error {
-		return d.client.Publish(ctx, d.channel, payload).Err()
+		done := make(chan error, 1)
+		payload = bytes.Clone(payload) // Run reuses its buffer
+		go func() { done <- d.client.Publish(ctx, d.channel, payload).Err() }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}, nil)
 }
 

@@ -841,6 +841,9 @@ func TestSubscriptionMissingItsProbesIsReplaced(t *testing.T) {
 	defer stop()
 	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
 
+	// A subscription that receives messages is alive: its probes are
+	// judged once it has nothing left to read.
+	stop()
 	client.drop.Store(true)
 	lost := bLog.Await(t, edge.StageSubscribe, 0, waitTimeout)
 	client.drop.Store(false)
@@ -850,5 +853,121 @@ func TestSubscriptionMissingItsProbesIsReplaced(t *testing.T) {
 	relayUntilDelivered(t, a, got, "/ns", "t")
 	if errs := bLog.Errors(edge.StageDelivery); len(errs) > 0 {
 		t.Errorf("probes reported at StageDelivery: %v", errs)
+	}
+}
+
+// A backlog that the deliver callback takes longer than the probe timeout to
+// drain is no dead subscription: it is read to the end, and nothing is
+// reported or lost.
+func TestBacklogIsNotTakenForADeadSubscription(t *testing.T) {
+	t.Parallel()
+	channel := testenv.Channel(t)
+	log := testenv.NewErrorLog()
+	d, err := redissync.NewWithProbeTiming(redissync.Options{Client: newClient(t), Channel: channel},
+		50*time.Millisecond, 500*time.Millisecond)(edge.Instance{ID: edge.NewID(), Report: log.Report})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	const n = 2000
+	gate := make(chan struct{})
+	all := make(chan struct{})
+	var got atomic.Int32
+	if err := d.Subscribe(context.Background(), func(edge.Message) {
+		<-gate
+		if got.Add(1) == n {
+			close(all)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pipe := newClient(t).Pipeline()
+	for i := range n {
+		env, _ := envelope.Encode(edge.NewID(), edge.Message{Topic: "t", Data: edge.Text(strconv.Itoa(i))})
+		pipe.Publish(ctxFor(t), channel, env)
+	}
+	if _, err := pipe.Exec(ctxFor(t)); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(2*time.Second, func() { close(gate) }) // the backlog outlasts four probe timeouts
+	testenv.Recv(t, all, waitTimeout, "every message of the backlog")
+	if errs := log.Errors(testenv.AnyStage); len(errs) > 0 {
+		t.Fatalf("reported %v for a backlog", errs)
+	}
+}
+
+// subscribeHole is a dialer whose connections, while hole is set, swallow
+// everything from the first SUBSCRIBE on: the connection stays open and
+// answers nothing, as behind a proxy that black-holes it.
+type subscribeHole struct {
+	hole  atomic.Bool
+	holed chan struct{} // signalled for each connection that went into the hole
+}
+
+func (h *subscribeHole) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return &holeConn{Conn: c, h: h}, nil
+}
+
+// holeConn swallows what is written from the first SUBSCRIBE on, so that
+// Redis has nothing to answer: reads wait, up to their deadline, for ever.
+type holeConn struct {
+	net.Conn
+	h    *subscribeHole
+	dead atomic.Bool
+}
+
+func (c *holeConn) Write(b []byte) (int, error) {
+	if c.h.hole.Load() && !c.dead.Load() && bytes.Contains(bytes.ToLower(b), []byte("subscribe")) {
+		c.dead.Store(true)
+		select {
+		case c.h.holed <- struct{}{}:
+		default:
+		}
+	}
+	if c.dead.Load() {
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+// A SUBSCRIBE that is never answered (the new connection is open, but dead)
+// does not leave the driver waiting for ever: it is replaced, again and
+// again, with one report for the outage, until a subscription works.
+func TestUnansweredSubscribeIsReplaced(t *testing.T) {
+	t.Parallel()
+	admin := newClient(t)
+	channel := testenv.Channel(t)
+	opt, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hole := &subscribeHole{holed: make(chan struct{}, 16)}
+	opt.ClientName, opt.Dialer, opt.ContextTimeoutEnabled = channel+"-b", hole.dial, true
+	a, _ := newHub(t, redissync.Options{Client: admin, Channel: channel})
+	bLog := testenv.NewErrorLog()
+	b, err := edge.New(edge.Options{
+		Sync:    redissync.NewWithProbeTiming(redissync.Options{Client: openClient(t, opt), Channel: channel}, 50*time.Millisecond, 500*time.Millisecond),
+		OnError: bLog.OnError,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	got := join(t, b, "/ns", "t")
+	relayUntilDelivered(t, a, got, "/ns", "t")
+
+	hole.hole.Store(true)
+	killPubSub(t, admin, opt.ClientName) // go-redis dials again, into the hole
+	for i := range 3 {                   // the first SUBSCRIBE into the hole, and two replacements
+		testenv.Recv(t, hole.holed, waitTimeout, fmt.Sprintf("SUBSCRIBE %d into the hole", i+1))
+	}
+	hole.hole.Store(false)
+	relayUntilDelivered(t, a, join(t, b, "/ns", "t"), "/ns", "t")
+	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
+		t.Errorf("reported at StageSubscribe %d times, want once for the outage: %v", len(errs), errs)
 	}
 }

@@ -61,13 +61,23 @@ type State struct {
 	inflight bool      // probe n is being published
 	back     uint64    // the number of the last probe that came back
 	sent     time.Time // when probe n was published, while it has not come back
+	answered bool      // a probe came back since the last Up
 }
 
-// Up records that the subscription is in place.
+// Up records that the subscription is in place: not yet that it works,
+// which Answered tells once a probe has come back through it.
 func (s *State) Up() {
 	s.mu.Lock()
-	s.live = true
+	s.live, s.answered = true, false
 	s.mu.Unlock()
+}
+
+// Answered reports whether a probe has come back since the last Up: the
+// subscription works end to end.
+func (s *State) Answered() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.answered
 }
 
 // Down records that the subscription is lost: the probe on its way is
@@ -112,9 +122,10 @@ func (s *State) Published(n, gen uint64, at time.Time, ok bool) {
 func (s *State) Got(n uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n == s.n {
+	if n == s.n && n > 0 {
 		s.back = n
 		s.sent = time.Time{}
+		s.answered = s.live
 	}
 }
 

@@ -49,9 +49,20 @@ func TestState(t *testing.T) {
 	if s.Overdue(start.Add(time.Second), 2*time.Second) || !s.Overdue(start.Add(3*time.Second), 2*time.Second) {
 		t.Fatal("Overdue does not follow the timeout")
 	}
+	if s.Answered() {
+		t.Fatal("Answered before a probe came back")
+	}
 	s.Got(n)
 	if s.Overdue(start.Add(time.Hour), time.Second) {
 		t.Fatal("a probe that came back is overdue")
+	}
+	if !s.Answered() {
+		t.Fatal("not Answered once a probe came back")
+	}
+	s.Down()
+	s.Up()
+	if s.Answered() {
+		t.Fatal("Answered carried over to a new subscription")
 	}
 
 	// A probe back before its Publish returned is not expected again.

@@ -648,7 +648,7 @@ func BenchmarkDecode(b *testing.B) {
 }
 
 func TestEchoPrefixBeginsEveryEnvelopeOfTheID(t *testing.T) {
-	signer, err := envelope.NewSigner([][]byte{[]byte("k")})
+	signer, err := envelope.NewSigner("c", [][]byte{[]byte("k")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -41,11 +42,14 @@ var closeBrace = []byte{'}'}
 //
 //	{"id":"…","msg":{…},"sig":"<base64 of the HMAC-SHA256>"}
 //
-// The HMAC is computed over the bytes of the unsigned envelope, that is the
-// signed one with the member ,"sig":"…" taken out: a verifier reproduces
-// them exactly, whatever the envelope holds, and whatever it parses from the
-// envelope is covered by the signature. The signature is written as padded
-// standard base64 (RFC 4648), 44 characters.
+// The HMAC is computed over the channel the Signer is for and the bytes of
+// the unsigned envelope, that is the signed one with the member ,"sig":"…"
+// taken out: the length of the channel name as 8 bytes big-endian, the
+// name, then the envelope. A verifier reproduces them exactly, whatever the
+// envelope holds, and whatever it parses from the envelope is covered by the
+// signature; an envelope signed for one channel does not verify on another,
+// even where the channels share their keys. The signature is written as
+// padded standard base64 (RFC 4648), 44 characters.
 //
 // A nil *Signer, as NewSigner returns for no keys, signs nothing and accepts
 // every well-formed envelope, signed or not: its envelopes are byte for byte
@@ -57,8 +61,9 @@ var closeBrace = []byte{'}'}
 // does not make an envelope unique: one captured on the backplane can be
 // published again, and verifies again. A Signer is safe for concurrent use.
 type Signer struct {
-	keys [][]byte
-	macs []sync.Pool // of *mac, one pool per key
+	keys    [][]byte
+	channel []byte      // what every HMAC begins with: the channel, length first
+	macs    []sync.Pool // of *mac, one pool per key
 }
 
 // mac is an HMAC of one key and room for its sums, reused through a pool.
@@ -67,15 +72,19 @@ type mac struct {
 	sum [sha256.Size]byte
 }
 
-// NewSigner returns the Signer of keys: keys[0] signs, and each of keys
-// verifies. It returns nil and no error when keys is empty, and an error
-// when a key is empty. The keys are copied. A key should be at least 32
-// random bytes.
-func NewSigner(keys [][]byte) (*Signer, error) {
+// NewSigner returns the Signer of keys for the envelopes of channel:
+// keys[0] signs, and each of keys verifies. It returns nil and no error when
+// keys is empty, and an error when a key is empty. The keys are copied. A key
+// should be at least 32 random bytes.
+func NewSigner(channel string, keys [][]byte) (*Signer, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	s := &Signer{keys: make([][]byte, len(keys)), macs: make([]sync.Pool, len(keys))}
+	s := &Signer{
+		keys:    make([][]byte, len(keys)),
+		channel: append(binary.BigEndian.AppendUint64(nil, uint64(len(channel))), channel...),
+		macs:    make([]sync.Pool, len(keys)),
+	}
 	for i, k := range keys {
 		if len(k) == 0 {
 			return nil, fmt.Errorf("envelope: signing key %d of %d is empty", i+1, len(keys))
@@ -85,13 +94,17 @@ func NewSigner(keys [][]byte) (*Signer, error) {
 	return s, nil
 }
 
-// mac returns a reset HMAC of key i, to be given back with putMAC.
+// mac returns an HMAC of key i that has hashed the channel, to be given
+// back with putMAC.
 func (s *Signer) mac(i int) *mac {
-	if h, ok := s.macs[i].Get().(*mac); ok {
+	h, ok := s.macs[i].Get().(*mac)
+	if ok {
 		h.Reset()
-		return h
+	} else {
+		h = &mac{Hash: hmac.New(sha256.New, s.keys[i])}
 	}
-	return &mac{Hash: hmac.New(sha256.New, s.keys[i])}
+	h.Write(s.channel)
+	return h
 }
 
 func (s *Signer) putMAC(i int, h *mac) { s.macs[i].Put(h) }

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
@@ -19,19 +20,24 @@ var (
 	keyNew = []byte("the new shared secret of the cluster, 32+ bytes")
 )
 
+// channel is the channel of the test signers.
+const channel = "the test channel"
+
 func mustSigner(tb testing.TB, keys ...[]byte) *envelope.Signer {
 	tb.Helper()
-	s, err := envelope.NewSigner(keys)
+	s, err := envelope.NewSigner(channel, keys)
 	if err != nil {
 		tb.Fatalf("NewSigner: %v", err)
 	}
 	return s
 }
 
-// wantSigned is the signed envelope of unsigned with key, computed here the
-// way the package documents it.
+// wantSigned is the signed envelope of unsigned with key on channel,
+// computed here the way the package documents it.
 func wantSigned(unsigned, key []byte) string {
 	mac := hmac.New(sha256.New, key)
+	mac.Write(binary.BigEndian.AppendUint64(nil, uint64(len(channel))))
+	mac.Write([]byte(channel))
 	mac.Write(unsigned)
 	return string(unsigned[:len(unsigned)-1]) + `,"sig":"` + base64.StdEncoding.EncodeToString(mac.Sum(nil)) + `"}`
 }
@@ -58,7 +64,7 @@ func TestNilSignerWritesCrossws(t *testing.T) {
 }
 
 func TestNewSignerRefusesEmptyKey(t *testing.T) {
-	if _, err := envelope.NewSigner([][]byte{keyNew, {}}); err == nil {
+	if _, err := envelope.NewSigner(channel, [][]byte{keyNew, {}}); err == nil {
 		t.Fatal("NewSigner with an empty key: no error")
 	}
 }
@@ -264,5 +270,25 @@ func BenchmarkSignedDecode(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
+	}
+}
+
+// An envelope signed for one channel does not verify on another, even with
+// the same key: a signed envelope cannot be replayed across channels.
+func TestSignatureIsBoundToItsChannel(t *testing.T) {
+	here := mustSigner(t, keyNew)
+	there, err := envelope.NewSigner(channel+"-other", [][]byte{keyNew})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire, err := here.Encode("a", edge.Message{Namespace: "/", Topic: "t", Data: edge.Text("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := here.Decode(wire); err != nil {
+		t.Fatalf("on its own channel: %v", err)
+	}
+	if _, _, err := there.Decode(wire); !errors.Is(err, envelope.ErrSignature) {
+		t.Fatalf("on another channel: %v, want ErrSignature", err)
 	}
 }

@@ -102,7 +102,7 @@ func New(opts Options) edge.Sync {
 		if err := opts.validate(); err != nil {
 			return nil, err
 		}
-		signer, err := envelope.NewSigner(opts.Keys)
+		signer, err := envelope.NewSigner(opts.Channel, opts.Keys)
 		if err != nil {
 			return nil, fmt.Errorf("clustersync: Options.Keys: %w", err)
 		}

@@ -42,7 +42,7 @@ func TestSignedCluster(t *testing.T) {
 
 	forged := edge.Message{Namespace: "", Topic: "t", Data: edge.Text("forged")}
 	plain, _ := envelope.Encode(edge.NewID(), forged)
-	other, _ := envelope.NewSigner([][]byte{keyOther})
+	other, _ := envelope.NewSigner("c", [][]byte{keyOther})
 	wrong, _ := other.Encode(edge.NewID(), forged)
 	raw := dialRaw(t, socket)
 	for _, env := range [][]byte{plain, wrong} {

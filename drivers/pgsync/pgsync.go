@@ -165,7 +165,7 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 	if opts.Pool == nil && opts.ConnString == "" {
 		return nil, errors.New("pgsync: Options needs a Pool or a ConnString")
 	}
-	signer, err := envelope.NewSigner(opts.Keys)
+	signer, err := envelope.NewSigner(opts.Channel, opts.Keys)
 	if err != nil {
 		return nil, fmt.Errorf("pgsync: Options.Keys: %w", err)
 	}

@@ -137,7 +137,7 @@ func TestSignedCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, _ := envelope.NewSigner([][]byte{keyOther})
+	other, _ := envelope.NewSigner(channel, [][]byte{keyOther})
 	forged := edge.Message{Namespace: "", Topic: "t", Data: edge.Text("forged")}
 	plainEnv, _ := envelope.Encode(edge.NewID(), forged)
 	wrongEnv, _ := other.Encode(edge.NewID(), forged)

@@ -168,7 +168,7 @@ func New(opts Options) edge.Sync {
 		if inst.ID == "" {
 			return nil, errors.New("redissync: the instance has no ID")
 		}
-		signer, err := envelope.NewSigner(opts.Keys)
+		signer, err := envelope.NewSigner(opts.Channel, opts.Keys)
 		if err != nil {
 			return nil, fmt.Errorf("redissync: Options.Keys: %w", err)
 		}

@@ -52,7 +52,7 @@ func TestSignedCluster(t *testing.T) {
 	stranger := edge.NewID()
 	forged := edge.Message{Namespace: "", Topic: "t", Data: edge.Text("forged")}
 	plain, _ := envelope.Encode(stranger, forged)
-	other, _ := envelope.NewSigner([][]byte{keyOther})
+	other, _ := envelope.NewSigner(channel, [][]byte{keyOther})
 	wrong, _ := other.Encode(stranger, forged)
 	for _, p := range [][]byte{plain, wrong} {
 		if err := client.Publish(ctxFor(t), channel, p).Err(); err != nil {

@@ -67,8 +67,10 @@
 //	{"edgesync":"ref","id":"<instance id>","ref":<row id>,"token":"<token>"}
 //
 // Receivers read the row by its id and token, so that a reference with a
-// guessed id reads nothing, and each reference at most once, so that one
-// seen on the channel and notified again is not delivered twice. A
+// guessed id reads nothing, and each reference at most once in the life of
+// the receiver, so that one seen on the channel and notified again is not
+// delivered twice by an instance that delivered it (an instance that starts
+// later may deliver it once, while the row is younger than the retention). A
 // reference is not an envelope (it has no "msg"), so a crossws instance drops
 // it as malformed: crossws instances see small messages only. A receiver
 // refuses a row older than Options.LargePayloadRetention, and drops the
@@ -81,7 +83,10 @@
 // The table is created by the first large publish, or beforehand by Migrate,
 // which also upgrades a table of an earlier version (ALTER TABLE … ADD
 // COLUMN IF NOT EXISTS token): the rows stored before the upgrade, which
-// have no token, are never read.
+// have no token, are never read. Upgrading a cluster from a version without
+// tokens: run Migrate (as the table's owner), then upgrade the instances;
+// while some still run the earlier version, their large messages, whose
+// references carry no token, are dropped by the upgraded ones and reported.
 // A role that may not create tables (Postgres 15 and later grant no CREATE on
 // schema public by default) needs Migrate run once by a role that may, and
 // INSERT, SELECT and DELETE on the table and USAGE on its sequence.

@@ -90,7 +90,7 @@ func explainLarge(err error, doing string, size int, always bool) error {
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case "42501": // insufficient_privilege
-			return fmt.Errorf("%s; %s: %w (run pgsync.Migrate once as a role that may create tables in the schema, or GRANT CREATE ON SCHEMA to this role; "+
+			return fmt.Errorf("%s; %s: %w (run pgsync.Migrate once as a role that may create tables in the schema, or as the table's owner to upgrade it, or GRANT CREATE ON SCHEMA to this role; "+
 				"this role needs INSERT, SELECT and DELETE on %s and USAGE on its sequence)", why, doing, err, payloadTable)
 		case "25006": // read_only_sql_transaction
 			return fmt.Errorf("%s; %s: %w (the server or session is read-only: connect to the primary, and run pgsync.Migrate there once)", why, doing, err)

@@ -49,9 +49,16 @@
 // Frames are bounded too, since ReadLimit and BytesPerSecond count payload
 // bytes only and empty frames cost none: a message of more than
 // MaxMessageFrames frames, or more than FramesPerSecond frames in a second
-// besides the first of each message (continuation and control frames), has
-// the peer reported to Hooks.Error with ErrTooManyFrames and closed with
-// 1008 Policy Violation.
+// besides the first of each message (continuation and control frames), or
+// more than 50 pings a second (each costs a pong written back), has the
+// peer reported to Hooks.Error with ErrTooManyFrames and closed with 1008
+// Policy Violation.
+//
+// A message that the read loop holds back for the budget is dropped if the
+// peer closes meanwhile: a peer that is closed, kicked or evicted has nothing
+// more handed to Hooks.Message. The close handshake, in which the library
+// reads what the client still sends until its close frame, lasts 5 seconds
+// at most.
 //
 // # Writing
 //

@@ -60,7 +60,8 @@ func (d *driver) run(ctx context.Context, conn *pgx.Conn, deliver func(edge.Mess
 			}
 		}
 		// The outage ends, and the backoff starts again, only once a
-		// probe has come back through the new connection: one that
+		// probe, or a message of another instance, has come back
+		// through the new connection: one that
 		// connects but receives nothing (another database, a pooler
 		// that drops LISTEN) is the same outage.
 		err := d.receive(ctx, conn, deliver, func() {
@@ -213,6 +214,7 @@ func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, del
 	if id == d.inst.ID {
 		return nil
 	}
+	d.probes.Heard()
 	deliver(msg)
 	return nil
 }

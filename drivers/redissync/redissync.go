@@ -366,9 +366,10 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 // the prober's that did not come back within it. Lateness is judged only
 // when nothing is left to read, so that a backlog, which proves the
 // connection alive, is never taken for a dead one. The outage ends once a
-// probe has come back through the new subscription, not at its
-// confirmation: a subscription on a server that receives nothing (a failover
-// that left it on the wrong one) is still the same outage.
+// probe, or a message of another instance, has come back through the new
+// subscription, not at its confirmation: a subscription on a server that
+// receives nothing (a failover that left it on the wrong one) is still the
+// same outage.
 func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.Message), first chan<- error, err error) {
 	defer d.wg.Done()
 	var (
@@ -563,6 +564,7 @@ func (d *driver) handle(payload string, deliver func(edge.Message), scratch []by
 	if id == d.id {
 		return scratch
 	}
+	d.probes.Heard()
 	d.deliver(deliver, msg)
 	return scratch
 }

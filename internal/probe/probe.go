@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -55,29 +56,41 @@ func Parse(payload, prefix string) (n uint64, ok bool) {
 // is a subscription that is down. A State is safe for concurrent use.
 type State struct {
 	mu       sync.Mutex
-	live     bool      // the subscription is up: probes are worth sending
-	gen      uint64    // bumped at every loss: a probe sent before counts for nothing
-	n        uint64    // the number of the last probe
-	inflight bool      // probe n is being published
-	back     uint64    // the number of the last probe that came back
-	sent     time.Time // when probe n was published, while it has not come back
-	answered bool      // a probe came back since the last Up
+	live     bool        // the subscription is up: probes are worth sending
+	gen      uint64      // bumped at every loss: a probe sent before counts for nothing
+	n        uint64      // the number of the last probe
+	inflight bool        // probe n is being published
+	back     uint64      // the number of the last probe that came back
+	sent     time.Time   // when probe n was published, while it has not come back
+	answered atomic.Bool // a probe came back, or a message was heard, since the last Up
 }
 
 // Up records that the subscription is in place: not yet that it works,
 // which Answered tells once a probe has come back through it.
 func (s *State) Up() {
 	s.mu.Lock()
-	s.live, s.answered = true, false
+	s.live = true
+	s.answered.Store(false)
 	s.mu.Unlock()
 }
 
-// Answered reports whether a probe has come back since the last Up: the
-// subscription works end to end.
-func (s *State) Answered() bool {
+// Answered reports whether, since the last Up, a probe has come back or a
+// message of another instance has been heard: the subscription works end to
+// end.
+func (s *State) Answered() bool { return s.answered.Load() }
+
+// Heard records that the subscription delivered a message of another
+// instance, which shows that it works as a probe back would. It costs an
+// atomic load once that is known.
+func (s *State) Heard() {
+	if s.answered.Load() {
+		return
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.answered
+	if s.live {
+		s.answered.Store(true)
+	}
+	s.mu.Unlock()
 }
 
 // Down records that the subscription is lost: the probe on its way is
@@ -125,7 +138,9 @@ func (s *State) Got(n uint64) {
 	if n == s.n && n > 0 {
 		s.back = n
 		s.sent = time.Time{}
-		s.answered = s.live
+		if s.live {
+			s.answered.Store(true)
+		}
 	}
 }
 

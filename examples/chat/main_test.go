@@ -21,6 +21,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/testenv"
 	"github.com/edgesync/edgesync/longlived"
 )
 
@@ -31,12 +32,21 @@ const wait = 10 * time.Second
 // Open hook, which subscribes it, has run.
 func startChat(t *testing.T) (url string, opened <-chan edge.Peer) {
 	t.Helper()
-	backplane, release, err := newSync(config{})
+	url, opened, _ = startChatWith(t, config{})
+	return url, opened
+}
+
+// startChatWith is startChat with the backplane cfg chooses; it also
+// returns what the hub reported.
+func startChatWith(t *testing.T, cfg config) (string, <-chan edge.Peer, *testenv.ErrorLog) {
+	t.Helper()
+	backplane, release, err := newSync(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(release)
-	hub, err := edge.New(edge.Options{Sync: backplane})
+	log := testenv.NewErrorLog()
+	hub, err := edge.New(edge.Options{Sync: backplane, OnError: log.OnError})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +67,7 @@ func startChat(t *testing.T) (url string, opened <-chan edge.Peer) {
 		}
 		srv.Close()
 	})
-	return srv.URL, ch
+	return srv.URL, ch, log
 }
 
 func dial(t *testing.T, url string, opened <-chan edge.Peer) *websocket.Conn {

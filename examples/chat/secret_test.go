@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"io"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,7 +11,6 @@ import (
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
 	"github.com/edgesync/edgesync/internal/testenv"
-	"github.com/edgesync/edgesync/longlived"
 )
 
 func TestSecretConfig(t *testing.T) {
@@ -42,32 +39,7 @@ func TestSecretConfig(t *testing.T) {
 // main does, and returns what its hub reported.
 func startSignedChat(t *testing.T, socket, secret string) (string, <-chan edge.Peer, *testenv.ErrorLog) {
 	t.Helper()
-	backplane, release, err := newSync(config{cluster: socket, channel: "chat", secret: secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(release)
-	log := testenv.NewErrorLog()
-	hub, err := edge.New(edge.Options{Sync: backplane, OnError: log.OnError})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hooks := chatHooks()
-	open := hooks.Open
-	ch := make(chan edge.Peer, 8)
-	hooks.Open = func(p edge.Peer) {
-		open(p)
-		ch <- p
-	}
-	ws := longlived.New(hub, hooks)
-	srv := httptest.NewServer(newServer(ws))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		defer cancel()
-		ws.Close(ctx)
-		srv.Close()
-	})
-	return srv.URL, ch, log
+	return startChatWith(t, config{cluster: socket, channel: "chat", secret: secret})
 }
 
 // Servers run with the same -secret chat together; one with another secret

@@ -238,39 +238,19 @@ func FuzzSignedDecode(f *testing.F) {
 }
 
 func BenchmarkSignedAppendEncode(b *testing.B) {
-	s := mustSigner(b, keyNew, keyOld)
-	for _, bm := range benchMessages() {
-		b.Run(bm.name, func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(len(bm.msg.Data.Bytes)))
-			var buf []byte
-			for b.Loop() {
-				var err error
-				if buf, err = s.AppendEncode(buf[:0], benchID, bm.msg); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-		})
-	}
+	benchAppendEncode(b, mustSigner(b, keyNew, keyOld).AppendEncode)
 }
 
 func BenchmarkSignedDecode(b *testing.B) {
 	// Signed with the second key: the verifier tries both.
-	s := mustSigner(b, keyNew, keyOld)
-	for _, bm := range benchMessages() {
-		b.Run(bm.name, func(b *testing.B) {
-			wire, _ := mustSigner(b, keyOld).Encode(benchID, bm.msg)
-			b.ReportAllocs()
-			b.SetBytes(int64(len(bm.msg.Data.Bytes)))
-			for b.Loop() {
-				if _, _, err := s.Decode(wire); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-		})
+	signWithOld := func(tb testing.TB, m edge.Message) []byte {
+		wire, err := mustSigner(tb, keyOld).Encode(benchID, m)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return wire
 	}
+	benchDecode(b, signWithOld, mustSigner(b, keyNew, keyOld).Decode)
 }
 
 // An envelope signed for one channel does not verify on another, even with

@@ -5,7 +5,8 @@ import "context"
 // Driver relays messages between the instances of one cluster (a backplane:
 // Redis pub/sub, Postgres LISTEN/NOTIFY, …). A Hub owns the Driver its Sync
 // built: it calls Subscribe once, Publish and PublishBatch from one relay
-// goroutine, and Close once.
+// goroutine, and Close once. A publish-only Hub (Options.PublishOnly) never
+// calls Subscribe: Publish must work without it.
 type Driver interface {
 	// Publish relays msg to the other instances. It may block on the
 	// network until ctx is done.
@@ -13,7 +14,7 @@ type Driver interface {
 
 	// Subscribe starts delivering messages published by other instances
 	// to deliver. It is called once, when the Hub starts, with a ctx that
-	// is done when the Hub closes.
+	// is done when the Hub closes; a publish-only Hub never calls it.
 	//
 	// It returns nil once the subscription is in place: a message that
 	// another instance publishes after that is delivered. When the

@@ -26,6 +26,13 @@ type Options struct {
 	// Sync builds the driver that relays to the other instances. nil
 	// means alone: local delivery only.
 	Sync Sync
+	// PublishOnly builds the driver but never subscribes it: the Hub
+	// relays what is published on it out to the other instances and
+	// receives nothing from them. It is for an instance that holds no
+	// peers in memory, such as a Lambda function behind API Gateway, which
+	// then keeps no SUBSCRIBE or LISTEN connection of its own. Every driver
+	// of this module supports it.
+	PublishOnly bool
 	// Gateway reaches peers held outside this process. nil means none.
 	Gateway Gateway
 	// OnError receives every backplane error with its stage. nil logs
@@ -100,8 +107,9 @@ type gatewayJob struct {
 }
 
 // New starts a Hub. It builds the driver with opts.Sync, returning its error,
-// and subscribes it; a subscribe failure is reported at StageSubscribe, not
-// returned, because local delivery never depends on the backplane.
+// and subscribes it unless opts.PublishOnly is set; a subscribe failure is
+// reported at StageSubscribe, not returned, because local delivery never
+// depends on the backplane.
 func New(opts Options) (*Hub, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{
@@ -130,8 +138,10 @@ func New(opts Options) (*Hub, error) {
 		h.relayQueue = make(chan relayJob, queueSize)
 		h.workers.Add(1)
 		go h.relay()
-		if err := h.subscribe(); err != nil {
-			h.report(err, StageSubscribe)
+		if !opts.PublishOnly {
+			if err := h.subscribe(); err != nil {
+				h.report(err, StageSubscribe)
+			}
 		}
 	}
 	if h.gateway != nil {

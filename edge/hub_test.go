@@ -558,3 +558,25 @@ func TestCloseWaitsForAPanickingEndpointToBeClosed(t *testing.T) {
 		t.Fatalf("flush after close with nothing pending: %v", err)
 	}
 }
+
+func TestPublishOnlyHubRelaysWithoutSubscribing(t *testing.T) {
+	d := newFakeDriver()
+	d.subscribeErr = errors.New("must not be called")
+	log := testenv.NewErrorLog()
+	h := newHub(t, edge.Options{Sync: d.sync, PublishOnly: true, OnError: log.OnError})
+	if err := h.Publish(context.Background(), edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("out")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.published(); len(got) != 1 || got[0].Data.String() != "out" {
+		t.Fatalf("relayed %+v", got)
+	}
+	d.mu.Lock()
+	subscribed := d.deliver != nil
+	d.mu.Unlock()
+	if subscribed || log.Count(edge.StageSubscribe) != 0 {
+		t.Fatalf("a publish-only hub subscribed its driver (errors: %v)", log)
+	}
+}

@@ -180,13 +180,22 @@ func (h *Hub) ID() string { return h.id }
 // go to OnError. It returns an error only for an invalid message (an empty
 // topic, text that is not UTF-8), a closed Hub or a ctx already done.
 func (h *Hub) Publish(ctx context.Context, msg Message) error {
+	return h.PublishFrom(ctx, msg, "")
+}
+
+// PublishFrom is Publish on behalf of the peer with id from: that peer is
+// skipped, whether it is held in this process or by the Gateway, and every
+// other subscriber is reached. It is how a front end whose peers are not
+// Members (a gateway-held connection) publishes for them. An empty from is
+// Publish.
+func (h *Hub) PublishFrom(ctx context.Context, msg Message, from string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return h.publish(msg, nil)
+	return h.publish(msg, from)
 }
 
-func (h *Hub) publish(msg Message, from *Member) error {
+func (h *Hub) publish(msg Message, from string) error {
 	if msg.Topic == "" {
 		return ErrInvalidTopic
 	}
@@ -203,13 +212,9 @@ func (h *Hub) publish(msg Message, from *Member) error {
 	h.published.Add(1)
 
 	if h.gatewayQueue != nil {
-		var except string
-		if from != nil {
-			except = from.id
-		}
 		e := h.pending.add()
 		select {
-		case h.gatewayQueue <- gatewayJob{msg, except, e}:
+		case h.gatewayQueue <- gatewayJob{msg, from, e}:
 		default:
 			h.pending.done(e)
 			h.drop()
@@ -232,9 +237,9 @@ func (h *Hub) drop() {
 	h.report(ErrQueueFull, StagePublish)
 }
 
-// fanOut delivers msg to the local subscribers of its topic, except from.
-// h.mu is held for reading.
-func (h *Hub) fanOut(msg Message, from *Member) {
+// fanOut delivers msg to the local subscribers of its topic, except the
+// peer with id from. h.mu is held for reading.
+func (h *Hub) fanOut(msg Message, from string) {
 	if msg.Namespace != "" {
 		h.fanOutSet(h.spaces[msg.Namespace][msg.Topic], msg.Data, from)
 		return
@@ -244,12 +249,12 @@ func (h *Hub) fanOut(msg Message, from *Member) {
 	}
 }
 
-func (h *Hub) fanOutSet(set *memberSet, d Data, from *Member) {
+func (h *Hub) fanOutSet(set *memberSet, d Data, from string) {
 	if set == nil {
 		return
 	}
 	for _, m := range set.list {
-		if m != from {
+		if m.id != from {
 			h.deliverTo(m, d)
 		}
 	}
@@ -293,7 +298,7 @@ func (h *Hub) receive(msg Message) {
 		return
 	}
 	h.received.Add(1)
-	h.fanOut(msg, nil)
+	h.fanOut(msg, "")
 }
 
 // relay drains the outbound queue into the driver, batching what has piled up.

@@ -580,3 +580,36 @@ func TestPublishOnlyHubRelaysWithoutSubscribing(t *testing.T) {
 		t.Fatalf("a publish-only hub subscribed its driver (errors: %v)", log)
 	}
 }
+
+func TestPublishFromSkipsThePeerWhereverItIsHeld(t *testing.T) {
+	gw := &fakeGateway{}
+	h := newHub(t, edge.Options{Gateway: gw})
+	alice, aliceIn := join(t, h, "/ns", "t")
+	_, bobIn := join(t, h, "/ns", "t")
+
+	// A peer held by the Gateway publishes: every local subscriber gets it,
+	// and the Gateway is told whom to skip.
+	msg := edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("from the gateway")}
+	if err := h.PublishFrom(context.Background(), msg, "gw-conn-1"); err != nil {
+		t.Fatal(err)
+	}
+	aliceIn.next(t)
+	bobIn.next(t)
+
+	// On behalf of a local member, by its id: it is skipped like Member.Publish.
+	msg.Data = edge.Text("as alice")
+	if err := h.PublishFrom(context.Background(), msg, alice.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if d := bobIn.next(t); d.String() != "as alice" {
+		t.Fatalf("bob got %q", d.Bytes)
+	}
+	aliceIn.empty(t)
+	if err := h.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	calls := gw.delivered()
+	if len(calls) != 2 || calls[0].except != "gw-conn-1" || calls[1].except != alice.ID() {
+		t.Fatalf("gateway calls %+v", calls)
+	}
+}

@@ -139,7 +139,7 @@ func (m *Member) Publish(ctx context.Context, topic string, d Data) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return m.hub.publish(Message{Namespace: m.namespace, Topic: topic, Data: d}, m)
+	return m.hub.publish(Message{Namespace: m.namespace, Topic: topic, Data: d}, m.id)
 }
 
 // Leave removes the member and its subscriptions from the Hub. It is

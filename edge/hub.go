@@ -19,6 +19,7 @@ const (
 	DefaultMaxBatch       = 256
 	DefaultPublishTimeout = 2 * time.Second
 	DefaultGatewayWorkers = 4
+	DefaultGatewayTimeout = 30 * time.Second
 )
 
 // Options configure a Hub. The zero value is a hub alone: local delivery only.
@@ -51,11 +52,15 @@ type Options struct {
 	// MaxBatch bounds how many queued messages one PublishBatch carries.
 	// 0 means DefaultMaxBatch.
 	MaxBatch int
-	// PublishTimeout bounds one Driver.Publish or PublishBatch call, and
-	// one Gateway.Deliver: a relay stuck on a dead connection gives up
-	// after it, and the next goes out on a new connection. 0 means
-	// DefaultPublishTimeout.
+	// PublishTimeout bounds one Driver.Publish or PublishBatch call: a
+	// relay stuck on a dead connection gives up after it, and the next goes
+	// out on a new connection. 0 means DefaultPublishTimeout.
 	PublishTimeout time.Duration
+	// GatewayTimeout bounds one Gateway.Deliver, which is a fan-out of a
+	// post to every subscriber the Gateway holds; the Gateway bounds each
+	// post itself. 0 means DefaultGatewayTimeout. Flush is bounded by its
+	// own ctx, whatever this is.
+	GatewayTimeout time.Duration
 	// GatewayWorkers is how many Gateway deliveries run at once. 0 means
 	// DefaultGatewayWorkers.
 	GatewayWorkers int
@@ -73,6 +78,7 @@ type Hub struct {
 	errlog         *ErrorLog // the default OnError, flushed by Close
 	maxBatch       int
 	publishTimeout time.Duration
+	gatewayTimeout time.Duration
 
 	relayQueue   chan relayJob
 	gatewayQueue chan gatewayJob
@@ -118,6 +124,7 @@ func New(opts Options) (*Hub, error) {
 		onError:        opts.OnError,
 		maxBatch:       orDefault(opts.MaxBatch, DefaultMaxBatch),
 		publishTimeout: orDefault(opts.PublishTimeout, DefaultPublishTimeout),
+		gatewayTimeout: orDefault(opts.GatewayTimeout, DefaultGatewayTimeout),
 		ctx:            ctx,
 		cancel:         cancel,
 		spaces:         make(map[string]map[string]*memberSet),
@@ -327,11 +334,11 @@ func (h *Hub) relay() {
 				batch = append(batch, job.msg)
 			}
 			if canBatch && len(batch) > 1 {
-				err := h.call(func(ctx context.Context) error { return bd.PublishBatch(ctx, batch) })
+				err := h.call(h.publishTimeout, func(ctx context.Context) error { return bd.PublishBatch(ctx, batch) })
 				h.relayed.Add(h.settle(err, len(batch)))
 			} else {
 				for _, msg := range batch {
-					err := h.call(func(ctx context.Context) error { return h.driver.Publish(ctx, msg) })
+					err := h.call(h.publishTimeout, func(ctx context.Context) error { return h.driver.Publish(ctx, msg) })
 					h.relayed.Add(h.settle(err, 1))
 				}
 			}
@@ -364,17 +371,17 @@ func (h *Hub) deliverToGateway() {
 		case <-h.ctx.Done():
 			return
 		case job := <-h.gatewayQueue:
-			err := h.call(func(ctx context.Context) error { return h.gateway.Deliver(ctx, job.msg, job.except) })
+			err := h.call(h.gatewayTimeout, func(ctx context.Context) error { return h.gateway.Deliver(ctx, job.msg, job.except) })
 			h.settle(err, 1)
 			h.pending.done(job.epoch)
 		}
 	}
 }
 
-// call runs one outbound network call with the publish timeout, recovering a panic.
-func (h *Hub) call(fn func(ctx context.Context) error) (err error) {
+// call runs one outbound network call bounded by timeout, recovering a panic.
+func (h *Hub) call(timeout time.Duration, fn func(ctx context.Context) error) (err error) {
 	defer recoverInto(&err)
-	ctx, cancel := context.WithTimeout(h.ctx, h.publishTimeout)
+	ctx, cancel := context.WithTimeout(h.ctx, timeout)
 	defer cancel()
 	return fn(ctx)
 }

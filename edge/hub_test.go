@@ -613,3 +613,21 @@ func TestPublishFromSkipsThePeerWhereverItIsHeld(t *testing.T) {
 		t.Fatalf("gateway calls %+v", calls)
 	}
 }
+
+// deadlineGateway records how long each Deliver was given.
+type deadlineGateway chan time.Duration
+
+func (g deadlineGateway) Deliver(ctx context.Context, msg edge.Message, except string) error {
+	dl, _ := ctx.Deadline()
+	g <- time.Until(dl)
+	return nil
+}
+
+func TestGatewayHasATimeBudgetOfItsOwn(t *testing.T) {
+	gw := make(deadlineGateway, 1)
+	h := newHub(t, edge.Options{Sync: newFakeDriver().sync, Gateway: gw, PublishTimeout: time.Millisecond, GatewayTimeout: time.Hour})
+	h.Publish(context.Background(), edge.Message{Topic: "t", Data: edge.Text("x")})
+	if left := testenv.Recv(t, gw, wait, "a Gateway.Deliver"); left < time.Hour-time.Minute {
+		t.Fatalf("Deliver got %v, want the GatewayTimeout of an hour, not the PublishTimeout", left)
+	}
+}

@@ -8,13 +8,21 @@ import (
 
 // Hooks are the application. Every field is optional, and the same Hooks run
 // on every front end. A panic in a hook is recovered, reported to Error, and
-// closes only that peer (status 1011).
+// closes only that peer (status 1011); front ends run them through a
+// HookRunner, which does this the same way for all.
 type Hooks struct {
 	// Upgrade decides whether a connection is accepted. A non-nil error
 	// refuses it: a *Reject sets the HTTP response, any other error is
 	// answered 403 Forbidden.
 	Upgrade func(r *http.Request) (Accept, error)
-	// Open is called once the connection is established.
+	// Open is called once the connection is accepted. The peer may
+	// subscribe, unsubscribe, publish and read its attributes. Whether it
+	// may already Send depends on who holds the socket: a peer held in
+	// memory (longlived) can; a peer held by an external gateway may not
+	// be reachable until the connect request has been answered (API
+	// Gateway refuses posts until then), and its Send returns the front
+	// end's documented error. Send a greeting in reply to the first
+	// message to work on every front end.
 	Open func(p Peer)
 	// Message is called for every message the peer sends, one at a time.
 	Message func(p Peer, d Data)
@@ -28,7 +36,8 @@ type Hooks struct {
 
 // Accept is what Upgrade decides for an accepted connection.
 type Accept struct {
-	// Namespace overrides the default namespace (the request's URL path).
+	// Namespace overrides the default namespace, DefaultNamespace: the
+	// request's URL path.
 	Namespace string
 	// Attrs are per-connection attributes, read back with Peer.Attr. They
 	// are strings so that a front end can persist them.

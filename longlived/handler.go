@@ -11,7 +11,6 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -140,8 +139,8 @@ type Handler struct {
 	// interval with the count of its repeats. nil means slog.Default().
 	Logger *slog.Logger
 
-	errlogOnce sync.Once
-	errlog     *edge.ErrorLog
+	hooksOnce sync.Once
+	hooks     *edge.HookRunner
 
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
@@ -239,10 +238,11 @@ func (h *Handler) writeTimeout() time.Duration {
 	return h.WriteTimeout
 }
 
-// errorLog returns the log of peer errors that no Hooks.Error takes.
-func (h *Handler) errorLog() *edge.ErrorLog {
-	h.errlogOnce.Do(func() { h.errlog = &edge.ErrorLog{Logger: h.Logger} })
-	return h.errlog
+// runner returns the HookRunner that runs h.Hooks: the same panic guard,
+// error reporting and default namespace as every front end.
+func (h *Handler) runner() *edge.HookRunner {
+	h.hooksOnce.Do(func() { h.hooks = &edge.HookRunner{Hooks: h.Hooks, Logger: h.Logger, Name: "longlived"} })
+	return h.hooks
 }
 
 // ServeHTTP upgrades the request to a WebSocket connection and serves the
@@ -259,18 +259,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer h.leave()
 
-	accept, err := h.upgrade(r)
+	accept, err := h.runner().Upgrade(r)
 	if err != nil {
 		refuse(w, err)
 		return
 	}
 	namespace := accept.Namespace
-	if namespace == "" {
-		namespace = r.URL.Path
-	}
-	if namespace == "" {
-		namespace = "/"
-	}
 	var subprotocols []string
 	for key, values := range accept.Header {
 		if strings.EqualFold(key, "Sec-WebSocket-Protocol") {
@@ -306,21 +300,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.member = member
 	h.track(p)
 	p.serve()
-}
-
-// upgrade runs Hooks.Upgrade, turning a panic into an error.
-func (h *Handler) upgrade(r *http.Request) (accept edge.Accept, err error) {
-	if h.Hooks.Upgrade == nil {
-		return edge.Accept{}, nil
-	}
-	defer func() {
-		if v := recover(); v != nil {
-			pe := &edge.PanicError{Value: v, Stack: debug.Stack()}
-			slog.Error("longlived: Hooks.Upgrade panicked", "panic", v, "stack", string(pe.Stack))
-			err = &edge.Reject{Status: http.StatusInternalServerError}
-		}
-	}()
-	return h.Hooks.Upgrade(r)
 }
 
 // refuse answers a refused upgrade: a *edge.Reject with its own response,
@@ -436,7 +415,7 @@ func (h *Handler) Close(ctx context.Context) error {
 		}
 		err = fmt.Errorf("longlived: close: peers still connected: %w", ctx.Err())
 	}
-	h.errorLog().Flush()
+	h.runner().Flush()
 	if h.Hub != nil {
 		if herr := h.Hub.Close(); herr != nil {
 			err = errors.Join(err, fmt.Errorf("longlived: close hub: %w", herr))

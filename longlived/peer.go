@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -445,22 +443,12 @@ func (p *peer) serve() {
 	defer p.h.untrack(p)
 	p.startHeartbeat()
 	err := errStopped
-	if p.guard(p.open) {
+	if p.h.runner().Open(p) {
 		err = p.readLoop()
 	}
 	p.member.Leave()
 	code, reason := p.finish(err)
-	p.guard(func() {
-		if p.h.Hooks.Close != nil {
-			p.h.Hooks.Close(p, code, reason)
-		}
-	})
-}
-
-func (p *peer) open() {
-	if p.h.Hooks.Open != nil {
-		p.h.Hooks.Open(p)
-	}
+	p.h.runner().Close(p, code, reason)
 }
 
 // readLoop reads messages and hands them to Hooks.Message until the
@@ -498,10 +486,7 @@ func (p *peer) readLoop() error {
 			_ = p.Close(statusInvalidPayload, "text message is not valid UTF-8")
 			return errStopped
 		}
-		if p.h.Hooks.Message == nil {
-			continue
-		}
-		if !p.guard(func() { p.h.Hooks.Message(p, d) }) {
+		if !p.h.runner().Message(p, d) {
 			return errStopped
 		}
 	}
@@ -556,30 +541,5 @@ func (p *peer) finish(err error) (code int, reason string) {
 	return statusAbnormal, ""
 }
 
-// guard runs a hook, recovering its panic: the panic is reported to
-// Hooks.Error and closes the peer with 1011. It reports whether fn returned.
-func (p *peer) guard(fn func()) (ok bool) {
-	defer func() {
-		if v := recover(); v != nil {
-			p.report(&edge.PanicError{Value: v, Stack: debug.Stack()})
-			_ = p.Close(statusInternalError, "internal error")
-			ok = false
-		}
-	}()
-	fn()
-	return true
-}
-
 // report hands err to Hooks.Error, or logs it if there is none or it panics.
-func (p *peer) report(err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			slog.Error("longlived: Hooks.Error panicked", "panic", v, "peer", p.id, "err", err)
-		}
-	}()
-	if p.h.Hooks.Error == nil {
-		p.h.errorLog().Log("longlived: peer error", err, "peer", p.id, "namespace", p.namespace)
-		return
-	}
-	p.h.Hooks.Error(p, err)
-}
+func (p *peer) report(err error) { p.h.runner().Error(p, err) }

@@ -63,7 +63,8 @@ func (hr *HookRunner) Upgrade(r *http.Request) (accept Accept, err error) {
 func (hr *HookRunner) upgrade(r *http.Request) (accept Accept, err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			hr.errorLog().Log(hr.name()+": Hooks.Upgrade panicked", &PanicError{Value: v, Stack: debug.Stack()})
+			pe := &PanicError{Value: v, Stack: debug.Stack()}
+			hr.errorLog().Log(hr.name()+": Hooks.Upgrade panicked", pe, "stack", string(pe.Stack))
 			err = &Reject{Status: http.StatusInternalServerError}
 		}
 	}()

@@ -409,8 +409,14 @@ func (h *Hub) Flush(ctx context.Context) error {
 
 // Close closes every peer held in this process (status 1001), then closes
 // the driver, returning its error. Messages still queued for relay are
-// dropped: call Flush first to wait for them. Clients passed to drivers stay
-// open. Close is idempotent.
+// dropped: call Flush first to wait for them. Close is idempotent.
+//
+// One rule of ownership holds for hubs, clients and front ends: whoever makes
+// a thing closes it. The code that called New closes the Hub, after every
+// front end that serves it has closed (a front end never closes the Hub it
+// was given); the Hub closes the driver its Sync built; and the clients the
+// application passed to a driver (a Redis client, a Postgres pool) stay
+// open for the application to close.
 func (h *Hub) Close() error {
 	h.mu.Lock()
 	if h.closed {

@@ -21,6 +21,7 @@ func BenchmarkReadMessages(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { hub.Close() })
 	var got atomic.Int64
 	done := make(chan struct{})
 	want := int64(b.N)

@@ -39,6 +39,7 @@ func BenchmarkIdlePeers(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { hub.Close() })
 	var received atomic.Int64
 	ready := make(chan struct{})
 	h := longlived.New(hub, edge.Hooks{

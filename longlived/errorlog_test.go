@@ -50,6 +50,7 @@ func TestPeerErrorsWithoutAnErrorHookAreLoggedOncePerKind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { hub.Close() })
 	subscribed := make(chan struct{})
 	h := longlived.New(hub, edge.Hooks{Open: func(p edge.Peer) {
 		if err := p.Subscribe(context.Background(), "t"); err != nil {

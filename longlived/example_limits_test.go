@@ -17,6 +17,7 @@ func ExampleHandler_inboundLimits() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer hub.Close()
 	h := longlived.New(hub, edge.Hooks{
 		Error: func(p edge.Peer, err error) {
 			// A peer that crosses a frame limit is reported here,

@@ -20,6 +20,7 @@ func ExampleNew() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer hub.Close()
 	h := longlived.New(hub, edge.Hooks{
 		Open: func(p edge.Peer) {
 			_ = p.Subscribe(ctx, "chat")

@@ -386,11 +386,13 @@ func (h *Handler) snapshot() []*peer {
 
 // Close sends every peer 1001 Going Away and waits until their connections
 // have ended or ctx is done, when it drops the connections that remain
-// without waiting any longer. Then it closes the Hub. Upgrades that arrive
-// once Close has begun are answered 503 Service Unavailable.
+// without waiting any longer. Upgrades that arrive once Close has begun are
+// answered 503 Service Unavailable.
 //
-// Close returns ctx's error if it had to drop connections, and the Hub's
-// close error. Calling Close again waits again.
+// Close does not close the Hub: whoever made the Hub closes it, after every
+// front end that uses it has closed (one Hub may serve several front ends).
+// Close returns ctx's error if it had to drop connections. Calling Close
+// again waits again.
 func (h *Handler) Close(ctx context.Context) error {
 	h.mu.Lock()
 	if !h.closing {
@@ -416,11 +418,6 @@ func (h *Handler) Close(ctx context.Context) error {
 		err = fmt.Errorf("longlived: close: peers still connected: %w", ctx.Err())
 	}
 	h.runner().Flush()
-	if h.Hub != nil {
-		if herr := h.Hub.Close(); herr != nil {
-			err = errors.Join(err, fmt.Errorf("longlived: close hub: %w", herr))
-		}
-	}
 	return err
 }
 

@@ -140,6 +140,7 @@ func TestFloodersArePacedAcrossHubs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { hub.Close() })
 		h := longlived.New(hub, hooks)
 		h.PingInterval = 0
 		h.MessagesPerSecond, h.BytesPerSecond, h.InboundBurst = messagesPerSecond, bytesPerSecond, inboundBurst

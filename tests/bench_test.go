@@ -24,6 +24,7 @@ func BenchmarkFanOutToWebSocketPeers(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			defer hub.Close()
 			ws := longlived.New(hub, edge.Hooks{Open: func(p edge.Peer) { p.Subscribe(context.Background(), "t") }})
 			srv := httptest.NewServer(ws)
 			defer srv.Close()

@@ -125,6 +125,7 @@ func startInstanceWith(t *testing.T, opts edge.Options) *instance {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { hub.Close() })
 	h := longlived.New(hub, chatHooks())
 	srv := httptest.NewServer(h)
 	t.Cleanup(func() {

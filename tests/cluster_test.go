@@ -71,10 +71,13 @@ func testCluster(t *testing.T, newSync syncFactory) {
 	// nobody received anything more than the above.
 	markAll(t, instances, append(append([]*client(nil), room...), other...), "end")
 
-	// Closing one instance sends its peers 1001 and closes its hub; the
-	// others go on.
+	// Closing one instance (its front end, then its hub) sends its peers
+	// 1001; the others go on.
 	ctx := context.Background()
 	if err := instances[0].handler.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := instances[0].hub.Close(); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []*client{room[0], room[1], other[0]} {

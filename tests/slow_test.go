@@ -151,6 +151,7 @@ func startSlowServer(t *testing.T, room slowRoom) *slowServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { hub.Close() })
 	peers := room.slow + room.healthy
 	s := &slowServer{
 		opened:        make(chan string, peers),

@@ -151,10 +151,10 @@ func run(cfg config) error {
 	if err != nil {
 		return fmt.Errorf("start hub: %w", err)
 	}
+	defer hub.Close() // after the front end: whoever makes the hub closes it
 	ws := longlived.New(hub, chatHooks())
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
-		hub.Close()
 		return err
 	}
 	srv := &http.Server{Handler: newServer(ws), ReadHeaderTimeout: 10 * time.Second}

@@ -50,6 +50,7 @@ func startChatWith(t *testing.T, cfg config) (string, <-chan edge.Peer, *testenv
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { hub.Close() })
 	hooks := chatHooks()
 	open := hooks.Open
 	ch := make(chan edge.Peer, 8)

@@ -52,6 +52,7 @@ func run(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
+	defer hub.Close() // whoever makes the hub closes it, after its front ends
 
 	ws := longlived.New(hub, edge.Hooks{
 		Open: func(p edge.Peer) {
@@ -69,7 +70,7 @@ func run(ctx context.Context, addr string) error {
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return errors.Join(err, ws.Close(ctx))
+		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/_ws", ws)
@@ -78,7 +79,7 @@ func run(ctx context.Context, addr string) error {
 		<-ctx.Done() // Ctrl-C or SIGTERM
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = ws.Close(shutdown) // 1001 Going Away to every peer, then the hub closes
+		_ = ws.Close(shutdown) // 1001 Going Away to every peer
 		_ = srv.Close()
 	}()
 	log.Printf("hello listening on %s", ln.Addr())

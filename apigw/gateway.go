@@ -55,8 +55,8 @@ var (
 	ErrGone = errors.New("apigw: connection gone")
 
 	// ErrPayloadTooLarge is wrapped by the error of Deliver and Post for a
-	// body larger than MaxPayload once encoded (see Payload). Nothing is
-	// posted.
+	// body larger than MaxPayload once encoded (see Payload), which is
+	// then not posted, and for a post that API Gateway refused with 413.
 	ErrPayloadTooLarge = errors.New("apigw: payload too large")
 
 	// ErrNoEndpoint is wrapped by the error of every call made before the
@@ -355,12 +355,13 @@ func (g *Gateway) Deliver(ctx context.Context, msg edge.Message, except string) 
 		return err
 	}
 	var (
-		sem    = make(chan struct{}, g.conc)
-		wg     sync.WaitGroup
-		posts  int
-		failed atomic.Int64
-		once   sync.Once
-		first  error
+		sem     = make(chan struct{}, g.conc)
+		wg      sync.WaitGroup
+		posts   int
+		stopped bool // by ctx, before the last subscriber
+		failed  atomic.Int64
+		once    sync.Once
+		first   error
 	)
 	listErr := g.reg.Subscribers(ctx, msg.Namespace, msg.Topic, func(id string) bool {
 		if id == except {
@@ -369,6 +370,7 @@ func (g *Gateway) Deliver(ctx context.Context, msg edge.Message, except string) 
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
+			stopped = true
 			return false
 		}
 		posts++
@@ -387,8 +389,8 @@ func (g *Gateway) Deliver(ctx context.Context, msg edge.Message, except string) 
 	var errs []error
 	if listErr != nil {
 		errs = append(errs, fmt.Errorf("apigw: listing the subscribers of %q: %w", msg.Topic, listErr))
-	} else if err := ctx.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("apigw: delivering to the subscribers of %q: %w", msg.Topic, err))
+	} else if stopped {
+		errs = append(errs, fmt.Errorf("apigw: delivering to the subscribers of %q: %w", msg.Topic, ctx.Err()))
 	}
 	if n := failed.Load(); n > 0 {
 		errs = append(errs, fmt.Errorf("apigw: %d of %d posts to the subscribers of %q failed, the first: %w", n, posts, msg.Topic, first))
@@ -430,6 +432,9 @@ func (g *Gateway) post(ctx context.Context, api *gatewayAPI, id string, body []b
 	}
 	if isGone(err) {
 		return true, g.forget(ctx, id)
+	}
+	if isTooLarge(err) {
+		return false, fmt.Errorf("apigw: posting to %q: %w: %w", id, ErrPayloadTooLarge, err)
 	}
 	return false, fmt.Errorf("apigw: posting to %q: %w", id, err)
 }
@@ -550,6 +555,12 @@ func isGone(err error) bool {
 func isThrottled(err error) bool {
 	var limit *types.LimitExceededException
 	return errors.As(err, &limit) || httpStatus(err) == http.StatusTooManyRequests
+}
+
+// isTooLarge reports whether err is API Gateway's 413 Payload Too Large.
+func isTooLarge(err error) bool {
+	var large *types.PayloadTooLargeException
+	return errors.As(err, &large) || httpStatus(err) == http.StatusRequestEntityTooLarge
 }
 
 // httpStatus returns the HTTP status of the response err came with, or 0.

@@ -584,6 +584,61 @@ func TestPayloadTooLarge(t *testing.T) {
 	}
 }
 
+func TestPayloadTooLargeAnswer(t *testing.T) {
+	reg := memsync.NewRegistry(memsync.RegistryOptions{})
+	f := newFakeAPI(t, "test")
+	f.setHook(func(w http.ResponseWriter, r *http.Request, id string) bool {
+		awsError(w, http.StatusRequestEntityTooLarge, "PayloadTooLargeException", "Message too long")
+		return true
+	})
+	g := newGateway(t, reg, f, nil)
+	id := addConns(t, reg, "/", []string{"t"}, connNames("c", 1)...)[0]
+	err := g.Post(testCtx(t), id, edge.Text("x"))
+	var large *types.PayloadTooLargeException
+	if !errors.Is(err, apigw.ErrPayloadTooLarge) || !errors.As(err, &large) {
+		t.Errorf("Post answered 413 = %v, want ErrPayloadTooLarge and a PayloadTooLargeException", err)
+	}
+}
+
+// failingRegistry fails Subscribers after it has listed after ids.
+type failingRegistry struct {
+	edge.Registry
+	after int
+}
+
+var errListing = errors.New("listing failed")
+
+func (r failingRegistry) Subscribers(ctx context.Context, namespace, topic string, each func(id string) bool) error {
+	n := 0
+	stopped := false
+	err := r.Registry.Subscribers(ctx, namespace, topic, func(id string) bool {
+		if n == r.after {
+			stopped = true
+			return false
+		}
+		n++
+		return each(id)
+	})
+	if err != nil || !stopped {
+		return err
+	}
+	return errListing
+}
+
+func TestSubscribersFail(t *testing.T) {
+	mem := memsync.NewRegistry(memsync.RegistryOptions{})
+	f := newFakeAPI(t, "test")
+	g := newGateway(t, failingRegistry{mem, 2}, f, nil)
+	addConns(t, mem, "/", []string{"t"}, connNames("c", 5)...)
+	err := g.Deliver(testCtx(t), edge.Message{Namespace: "/", Topic: "t", Data: edge.Text("x")}, "")
+	if !errors.Is(err, errListing) {
+		t.Errorf("Deliver = %v, want the Registry's error", err)
+	}
+	if n := f.requests.Load(); n != 2 {
+		t.Errorf("%d posts, want the 2 listed before the failure", n)
+	}
+}
+
 func TestInvalidText(t *testing.T) {
 	reg := memsync.NewRegistry(memsync.RegistryOptions{})
 	f := newFakeAPI(t, "test")
@@ -631,12 +686,16 @@ func TestConcurrencyBounded(t *testing.T) {
 	const conc, subs = 4, 40
 	reg := memsync.NewRegistry(memsync.RegistryOptions{})
 	f := newFakeAPI(t, "test")
-	full := make(chan struct{})
-	var fullOnce sync.Once
+	full := make(chan struct{}) // closed when conc posts are in flight
+	over := make(chan struct{}) // closed when more are
+	var fullOnce, overOnce sync.Once
 	release := make(chan struct{})
 	f.setHook(func(w http.ResponseWriter, r *http.Request, id string) bool {
-		// The first requests wait until conc are in flight at once.
-		if f.inflight.Load() >= conc {
+		// The first requests wait, in flight, until the test releases them.
+		switch n := f.inflight.Load(); {
+		case n > conc:
+			overOnce.Do(func() { close(over) })
+		case n == conc:
 			fullOnce.Do(func() { close(full) })
 		}
 		select {
@@ -653,6 +712,13 @@ func TestConcurrencyBounded(t *testing.T) {
 		done <- g.Deliver(testCtx(t), edge.Message{Namespace: "/", Topic: "t", Data: edge.Text("x")}, "")
 	}()
 	testenv.Recv(t, full, testTimeout, fmt.Sprintf("%d posts in flight at once", conc))
+	// A Deliver that did not bound its posts would send more while these
+	// wait; give it the time to show.
+	select {
+	case <-over:
+		t.Errorf("more than %d posts in flight", conc)
+	case <-time.After(100 * time.Millisecond):
+	}
 	close(release)
 	if err := testenv.Recv(t, done, testTimeout, "Deliver"); err != nil {
 		t.Fatalf("Deliver: %v", err)

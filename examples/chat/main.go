@@ -34,7 +34,6 @@ package main
 import (
 	"cmp"
 	"context"
-	_ "embed"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,27 +43,17 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/edgesync/edgesync/drivers/clustersync"
-	"github.com/edgesync/edgesync/drivers/pgsync"
-	"github.com/edgesync/edgesync/drivers/redissync"
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/examples/internal/chatroom"
 	"github.com/edgesync/edgesync/longlived"
-	"github.com/redis/go-redis/v9"
 )
-
-// topic is the one topic of the chat room.
-const topic = "chat"
 
 // shutdownTimeout bounds the graceful shutdown.
 const shutdownTimeout = 10 * time.Second
-
-//go:embed index.html
-var page []byte
 
 // config is what the command line and the environment choose.
 type config struct {
@@ -239,42 +228,18 @@ func (f *freshConns) closeAll() {
 // the chat server, and a function that releases what it opened. A nil Sync
 // keeps this instance alone: it delivers to its own clients only.
 func newSync(cfg config) (edge.Sync, func(), error) {
-	keys, err := signingKeys(cfg.secret)
+	b, err := chatroom.Open(context.Background(), chatroom.Config{
+		Redis: cfg.redis, Postgres: cfg.postgres, Cluster: cfg.cluster, Channel: cfg.channel, Secret: cfg.secret,
+	})
 	if err != nil {
 		return nil, nil, err
 	}
-	switch {
-	case cfg.redis != "":
-		opts, err := redis.ParseURL(cfg.redis)
-		if err != nil {
-			return nil, nil, fmt.Errorf("-redis: %w", err)
-		}
-		opts.ContextTimeoutEnabled = true // a relay gives up at the hub's PublishTimeout
-		client := redis.NewClient(opts)
-		return redissync.New(redissync.Options{Client: client, Channel: cfg.channel, Keys: keys}), func() { client.Close() }, nil
-	case cfg.postgres != "":
-		return pgsync.New(pgsync.Options{ConnString: cfg.postgres, Channel: cfg.channel, Keys: keys}), func() {}, nil
-	case cfg.cluster != "":
-		return clustersync.New(clustersync.Options{Socket: cfg.cluster, Channel: cfg.channel, Keys: keys}), func() {}, nil
-	}
-	return nil, func() {}, nil
+	return b.Sync, b.Close, nil
 }
 
 // signingKeys returns the keys of -secret, a comma-separated list, or nil
 // when it is empty.
-func signingKeys(secret string) ([][]byte, error) {
-	if secret == "" {
-		return nil, nil
-	}
-	var keys [][]byte
-	for i, k := range strings.Split(secret, ",") {
-		if k == "" {
-			return nil, fmt.Errorf("-secret: key %d of the comma-separated list is empty", i+1)
-		}
-		keys = append(keys, []byte(k))
-	}
-	return keys, nil
-}
+func signingKeys(secret string) ([][]byte, error) { return chatroom.SigningKeys(secret) }
 
 func backplaneName(cfg config) string {
 	switch {
@@ -288,34 +253,13 @@ func backplaneName(cfg config) string {
 	return "none (in memory, this process only)"
 }
 
-// chatHooks subscribes every peer to the chat topic and publishes what it
-// sends there, unchanged: every other peer of its namespace receives it.
-func chatHooks() edge.Hooks {
-	return edge.Hooks{
-		Open: func(p edge.Peer) {
-			if err := p.Subscribe(context.Background(), topic); err != nil {
-				slog.Error("chat: subscribe", "peer", p.ID(), "err", err)
-				_ = p.Close(1011, "cannot subscribe")
-			}
-		},
-		Message: func(p edge.Peer, d edge.Data) {
-			if err := p.Publish(context.Background(), topic, d); err != nil {
-				slog.Error("chat: publish", "peer", p.ID(), "err", err)
-			}
-		},
-		// No Error hook: the handler logs peer errors (slow consumers,
-		// floods) once per kind and interval, with a count.
-	}
-}
+// chatHooks are the chat room's hooks, the same as examples/chat-lambda's.
+func chatHooks() edge.Hooks { return chatroom.Hooks() }
 
 // newServer routes the page and the WebSocket endpoint.
 func newServer(ws http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		_, _ = w.Write(page)
-	})
+	mux.Handle("GET /{$}", chatroom.Page("/_ws"))
 	mux.Handle("GET /_ws", ws)
 	return mux
 }

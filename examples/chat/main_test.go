@@ -142,7 +142,7 @@ func TestPage(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("GET / answered %d %q, want 200 text/html", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
-	for _, want := range []string{"<!doctype html>", `"/_ws"`, `id="messages"`, `id="name"`, `id="text"`, "textContent"} {
+	for _, want := range []string{"<!doctype html>", `content="/_ws"`, `id="messages"`, `id="name"`, `id="text"`, "textContent"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("page lacks %s", want)
 		}

@@ -1,0 +1,176 @@
+// Package chatroom is the chat room that examples/chat serves on a
+// long-lived server and examples/chat-lambda serves from AWS Lambda: the
+// same hooks, the same page and the same backplane flags, so that clients
+// of both front ends can share one room.
+package chatroom
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/edgesync/edgesync/drivers/clustersync"
+	"github.com/edgesync/edgesync/drivers/pgsync"
+	"github.com/edgesync/edgesync/drivers/redissync"
+	"github.com/edgesync/edgesync/edge"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+)
+
+// Topic is the one topic of the chat room.
+const Topic = "chat"
+
+// Namespace is the namespace of every chat client, whichever front end holds
+// it, so that clients of a long-lived server and of API Gateway meet.
+const Namespace = "/chat"
+
+//go:embed index.html
+var pageTemplate string
+
+var page = template.Must(template.New("index.html").Parse(pageTemplate))
+
+// Hooks subscribes every peer to the chat topic and publishes what it sends
+// there, unchanged: every other peer of the room receives it.
+func Hooks() edge.Hooks {
+	return edge.Hooks{
+		Upgrade: func(*http.Request) (edge.Accept, error) {
+			return edge.Accept{Namespace: Namespace}, nil
+		},
+		Open: func(p edge.Peer) {
+			if err := p.Subscribe(context.Background(), Topic); err != nil {
+				slog.Error("chat: subscribe", "peer", p.ID(), "err", err)
+				_ = p.Close(1011, "cannot subscribe")
+			}
+		},
+		Message: func(p edge.Peer, d edge.Data) {
+			if err := p.Publish(context.Background(), Topic, d); err != nil {
+				slog.Error("chat: publish", "peer", p.ID(), "err", err)
+			}
+		},
+		// No Error hook: the front ends log peer errors (slow consumers,
+		// floods) once per kind and interval, with a count.
+	}
+}
+
+// Page returns the handler of the chat page, whose script connects to the
+// WebSocket endpoint at wsPath on the page's own host.
+func Page(wsPath string) http.Handler {
+	var b bytes.Buffer
+	if err := page.Execute(&b, wsPath); err != nil {
+		panic(err) // the template is fixed and its data a string
+	}
+	body := b.Bytes()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		_, _ = w.Write(body)
+	})
+}
+
+// Config chooses the backplane: Redis, Postgres or a Unix socket (one at
+// most), or none.
+type Config struct {
+	Redis    string // Redis URL
+	Postgres string // Postgres connection string
+	Cluster  string // Unix socket path
+	Channel  string
+	Secret   string // comma-separated signing keys, the first signs
+}
+
+// Backplane is what the instances of one chat share: the Sync that relays
+// between them and, on Redis and Postgres, the Registry of the connections
+// that API Gateway holds.
+type Backplane struct {
+	Sync     edge.Sync     // nil: alone, in memory
+	Registry edge.Registry // nil: none that other processes share
+	Name     string        // "redis", "postgres", "cluster" or "none"
+	close    func()
+}
+
+// Open opens the backplane cfg chooses.
+func Open(ctx context.Context, cfg Config) (*Backplane, error) {
+	keys, err := SigningKeys(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case cfg.Redis != "":
+		opts, err := redis.ParseURL(cfg.Redis)
+		if err != nil {
+			return nil, fmt.Errorf("-redis: %w", err)
+		}
+		opts.ContextTimeoutEnabled = true // a relay gives up at the hub's PublishTimeout
+		client := redis.NewClient(opts)
+		reg, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: cfg.Channel})
+		if err != nil {
+			client.Close()
+			return nil, err
+		}
+		return &Backplane{
+			Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys}),
+			Registry: reg, Name: "redis", close: func() { client.Close() },
+		}, nil
+	case cfg.Postgres != "":
+		pool, err := pgxpool.New(ctx, cfg.Postgres)
+		if err != nil {
+			return nil, fmt.Errorf("-postgres: %w", err)
+		}
+		reg, err := pgsync.NewRegistry(pgsync.RegistryOptions{Pool: pool, Channel: cfg.Channel})
+		if err != nil {
+			pool.Close()
+			return nil, err
+		}
+		return &Backplane{
+			Sync:     pgsync.New(pgsync.Options{Pool: pool, ConnString: cfg.Postgres, Channel: cfg.Channel, Keys: keys}),
+			Registry: reg, Name: "postgres", close: pool.Close,
+		}, nil
+	case cfg.Cluster != "":
+		return &Backplane{
+			Sync: clustersync.New(clustersync.Options{Socket: cfg.Cluster, Channel: cfg.Channel, Keys: keys}),
+			Name: "cluster", close: func() {},
+		}, nil
+	}
+	return &Backplane{Name: "none", close: func() {}}, nil
+}
+
+// Close closes the clients Open made. Close the hubs on the backplane first.
+func (b *Backplane) Close() { b.close() }
+
+// SigningKeys returns the keys of a -secret value, a comma-separated list,
+// or nil when it is empty.
+func SigningKeys(secret string) ([][]byte, error) {
+	if secret == "" {
+		return nil, nil
+	}
+	var keys [][]byte
+	for i, k := range strings.Split(secret, ",") {
+		if k == "" {
+			return nil, fmt.Errorf("-secret: key %d of the comma-separated list is empty", i+1)
+		}
+		keys = append(keys, []byte(k))
+	}
+	return keys, nil
+}
+
+// ErrTwoBackplanes is returned for a Config that chooses more than one.
+var ErrTwoBackplanes = errors.New("choose one backplane: -redis, -postgres or -cluster")
+
+// Check returns ErrTwoBackplanes when cfg chooses more than one backplane.
+func (cfg Config) Check() error {
+	n := 0
+	for _, v := range []string{cfg.Redis, cfg.Postgres, cfg.Cluster} {
+		if v != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return ErrTwoBackplanes
+	}
+	return nil
+}

@@ -352,7 +352,9 @@ func TestIntegrationError(t *testing.T) {
 // rawHandler is a Lambda function answering raw bytes.
 type rawHandler func(ctx context.Context, payload []byte) ([]byte, error)
 
-func (h rawHandler) Invoke(ctx context.Context, payload []byte) ([]byte, error) { return h(ctx, payload) }
+func (h rawHandler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	return h(ctx, payload)
+}
 
 func TestMalformedResponse(t *testing.T) {
 	f := start(t, emulator.Options{Handler: rawHandler(func(ctx context.Context, payload []byte) ([]byte, error) {

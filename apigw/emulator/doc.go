@@ -1,0 +1,2 @@
+// Package emulator is a local API Gateway WebSocket API.
+package emulator

@@ -2,6 +2,7 @@ package drivertest_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -27,6 +28,7 @@ func TestSuiteCatchesBrokenImplementations(t *testing.T) {
 		{"bridge", []string{"ForeignChannelDoesNotBridge"}},
 		{"lossy-batch", []string{"PublishBatchDeliversEveryMessage"}},
 		{"leak", []string{"CloseReleasesEverything"}},
+		{"publish-needs-subscribe", []string{"PublishOnlyInstanceRelaysOut"}},
 		{"open-after-close", []string{"CloseReleasesEverything"}},
 		{"nil-report", []string{"RelayIsBidirectional", "DataSurvives"}},
 		{"registry-no-stop", []string{"SubscribersStopEarly"}},
@@ -126,6 +128,9 @@ func (d *brokenDriver) Subscribe(ctx context.Context, deliver func(edge.Message)
 }
 
 func (d *brokenDriver) Publish(ctx context.Context, msg edge.Message) error {
+	if d.broken == "publish-needs-subscribe" && d.deliver == nil {
+		return errors.New("not subscribed")
+	}
 	if d.broken == "echo" {
 		d.deliver(msg)
 	}
@@ -137,6 +142,9 @@ func (d *brokenDriver) Publish(ctx context.Context, msg edge.Message) error {
 }
 
 func (d *brokenDriver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
+	if d.broken == "publish-needs-subscribe" && d.deliver == nil {
+		return errors.New("not subscribed")
+	}
 	if d.broken == "lossy-batch" && len(msgs) > 1 {
 		msgs = msgs[:len(msgs)-1]
 	}

@@ -146,13 +146,16 @@ func waitTopics(t *testing.T, in *instance, prefix string, n int) map[string][]e
 }
 
 // testAddress checks that namespaces, including the empty namespace, and
-// topics arrive as published.
+// topics arrive as published, control characters, quotes and separators
+// included.
 func (s *driverSuite) testAddress(t *testing.T) {
 	addresses := []struct{ namespace, topic string }{
 		{"", "every-namespace"},
 		{"/_ws", "chat"},
 		{"/rooms/ü ✓", "topic with spaces/ü ✓"},
 		{"ns", `a:b.c*?[x]{y}"q"\e%s`},
+		{"/ctl\x00\n\r\t\x7f\x1b", "nul\x00 'quote' \"dq\" --;/* */ \\ \u2028\u2029"},
+		{"'; DROP TABLE edgesync; --", "$1 ?::text %3A %25 {tag}"},
 		{"/drivertest", "0"},
 	}
 	ch := newChannel()

@@ -33,7 +33,8 @@ const (
 
 var (
 	// ErrNotConnected is returned by Publish while the driver has no
-	// connection to a relay: before Subscribe, or during an outage.
+	// connection to a relay: during an outage, or, for a driver that was
+	// never subscribed, while no relay answers.
 	ErrNotConnected = errors.New("clustersync: not connected to a relay")
 
 	// ErrMessageTooLarge is returned by Publish for a message whose frame
@@ -95,8 +96,12 @@ type Options struct {
 // listen yet) before it returns the error; it keeps trying in the background
 // after that. Publish and PublishBatch write frames to the relay, in one
 // write per call, and fail with ErrNotConnected while there is no relay:
-// nothing is queued. Close releases the connection and, when the instance
-// relays, the relay role.
+// nothing is queued. A driver that is never subscribed (that of a
+// publish-only Hub, edge.Options.PublishOnly) connects to the relay as a
+// client on its first Publish, and again on the Publish after a loss; it
+// never takes the relay role (see the package documentation, "Publish-only
+// instances"). Close releases the connection and, when the instance relays,
+// the relay role.
 func New(opts Options) edge.Sync {
 	return func(inst edge.Instance) (edge.Driver, error) {
 		if err := opts.validate(); err != nil {
@@ -157,9 +162,17 @@ type driver struct {
 	wmu  sync.Mutex // serializes writes to conn
 	wbuf []byte
 
-	wg sync.WaitGroup // the run goroutine
+	wg sync.WaitGroup // the run goroutine, or the drain goroutine of a publish-only connection
 
 	retry reconnect.Backoff // between connection attempts; the zero value but in tests
+
+	// A driver that is never subscribed connects from Publish. After a
+	// failed attempt, Publish fails at once until nextDial, so that an
+	// outage costs one attempt per backoff step, not one per message.
+	// Guarded by wmu.
+	pubRetry reconnect.Backoff
+	nextDial time.Time
+	dialErr  error // of the last failed attempt
 }
 
 // Subscribe connects to the relay, or becomes it, and delivers what other
@@ -178,6 +191,11 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 		return errors.New("clustersync: Subscribe called twice")
 	}
 	d.subscribed = true
+	if d.conn != nil {
+		// A connection that Publish made: its drain goroutine detaches
+		// it, and the subscription makes its own.
+		d.conn.Close()
+	}
 	ctx, d.cancel = context.WithCancel(ctx)
 	ready := make(chan error, 1)
 	d.wg.Add(1)
@@ -345,12 +363,17 @@ func (d *driver) attach(conn *net.UnixConn) bool {
 
 // detach forgets and closes conn.
 func (d *driver) detach(conn *net.UnixConn) {
+	d.forget(conn)
+	conn.Close()
+}
+
+// forget stops publishing on conn, if it is the driver's connection.
+func (d *driver) forget(conn *net.UnixConn) {
 	d.mu.Lock()
 	if d.conn == conn {
 		d.conn = nil
 	}
 	d.mu.Unlock()
-	conn.Close()
 }
 
 func (d *driver) isClosed() bool {
@@ -448,17 +471,66 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	d.mu.Lock()
-	closed, conn := d.closed, d.conn
+	closed, conn, subscribed := d.closed, d.conn, d.subscribed
 	d.mu.Unlock()
 	if closed {
 		return fmt.Errorf("clustersync: publish: %w", edge.ErrClosed)
 	}
-	if conn == nil {
+	if conn == nil && subscribed {
 		return ErrNotConnected
+	}
+	if conn == nil {
+		var err error
+		if conn, err = d.dialForPublish(ctx); err != nil {
+			return err
+		}
 	}
 
 	buf, errs := d.appendFrames(d.wbuf[:0], msgs)
 	return d.flush(ctx, conn, buf, errs)
+}
+
+// dialForPublish connects a driver that is not subscribed to the relay, as a
+// client only, and starts the goroutine that drains the connection. It is
+// called with wmu held.
+func (d *driver) dialForPublish(ctx context.Context) (*net.UnixConn, error) {
+	if time.Now().Before(d.nextDial) {
+		return nil, fmt.Errorf("%w at %s: %w", ErrNotConnected, d.socket, d.dialErr)
+	}
+	l, err := dial(ctx, d.socket)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.nextDial, d.dialErr = time.Now().Add(d.pubRetry.Next()), err
+		}
+		return nil, fmt.Errorf("%w at %s: %w", ErrNotConnected, d.socket, err)
+	}
+	d.pubRetry.Reset()
+	d.nextDial, d.dialErr = time.Time{}, nil
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		l.conn.Close()
+		return nil, fmt.Errorf("clustersync: publish: %w", edge.ErrClosed)
+	case d.subscribed:
+		// Subscribe was called meanwhile: its connection serves.
+		l.conn.Close()
+		return nil, ErrNotConnected
+	}
+	d.conn = l.conn
+	d.wg.Add(1)
+	go d.drain(l)
+	return l.conn, nil
+}
+
+// drain reads and discards what the relay forwards on a connection that
+// Publish made, which it must read lest the relay find it too slow and
+// disconnect it, until the connection fails; then it forgets the connection,
+// so that the next Publish connects again.
+func (d *driver) drain(l *link) {
+	defer d.wg.Done()
+	_, _ = io.Copy(io.Discard, l.r)
+	d.detach(l.conn)
 }
 
 // appendFrames appends to buf the frames of msgs, leaving out a message
@@ -493,6 +565,8 @@ func (d *driver) appendFrames(buf []byte, msgs []edge.Message) ([]byte, []error)
 func (d *driver) flush(ctx context.Context, conn *net.UnixConn, buf []byte, errs []error) error {
 	if len(buf) > 0 {
 		if err := write(ctx, conn, buf); err != nil {
+			// write closed conn: the next publish must not use it.
+			d.forget(conn)
 			errs = append(errs, err)
 		}
 	}

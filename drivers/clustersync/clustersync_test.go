@@ -650,3 +650,87 @@ func TestReceiverLimit(t *testing.T) {
 		t.Fatal("the large frame was not reported at StageDelivery")
 	}
 }
+
+// TestPublishOnlyNeverRelays runs a driver that is never subscribed, as a
+// publish-only Hub's: it connects as a client from Publish, never takes the
+// relay role, drains what the relay forwards to it, and connects again to
+// the next relay after a failover.
+func TestPublishOnlyNeverRelays(t *testing.T) {
+	socket := socketPath(t)
+	p := build(t, Options{Socket: socket})
+	err := p.Publish(context.Background(), edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("nobody")})
+	if !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("Publish with no relay: got %v, want ErrNotConnected", err)
+	}
+	if p.isRelay() {
+		t.Fatal("a driver that is never subscribed took the relay role")
+	}
+	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a driver that is never subscribed made the socket: %v", err)
+	}
+
+	a := start(t, Options{Socket: socket})
+	b := start(t, Options{Socket: socket})
+	if !a.isRelay() {
+		t.Fatal("the first subscribed instance does not relay")
+	}
+	probe(t, p, b)
+
+	// The relay forwards what a publishes to p too, more than the kernel
+	// and the relay's queue (DefaultMaxQueueBytes) hold: p must read it,
+	// or be disconnected as too slow. b receives each message before the
+	// next is sent, so that b never falls behind.
+	body := strings.Repeat("x", 1_000_000)
+	for i := range DefaultMaxQueueBytes/len(body) + 4 {
+		text := fmt.Sprint("burst-", i, "-", body)
+		publish(t, a, text)
+		b.rec.waitFor(t, fmt.Sprint("b to receive message ", i), func() bool { return b.rec.has(text) })
+	}
+	p.mu.Lock()
+	conn := p.conn
+	p.mu.Unlock()
+	publish(t, p, "after the burst")
+	a.rec.waitFor(t, "a to receive p's message after the burst", func() bool { return a.rec.has("after the burst") })
+	p.mu.Lock()
+	same := p.conn == conn
+	p.mu.Unlock()
+	if !same {
+		t.Error("p was disconnected during the burst")
+	}
+
+	// Failover: p reaches the new relay.
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	probe(t, p, b)
+	if !b.isRelay() || p.isRelay() {
+		t.Fatalf("relay roles after failover: b %v, p %v; want b only", b.isRelay(), p.isRelay())
+	}
+	if n := p.log.Count(testenv.AnyStage); n != 0 {
+		t.Errorf("p reported %d errors: %v", n, p.log)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := p.Publish(context.Background(), edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("closed")}); !errors.Is(err, edge.ErrClosed) {
+		t.Fatalf("Publish after Close: got %v, want edge.ErrClosed", err)
+	}
+}
+
+// TestSubscribeAfterPublish subscribes a driver that has published, and so
+// connected, already: the subscription takes over from the connection that
+// Publish made.
+func TestSubscribeAfterPublish(t *testing.T) {
+	socket := socketPath(t)
+	a := start(t, Options{Socket: socket})
+	p := build(t, Options{Socket: socket})
+	probe(t, p, a)
+	if err := p.Subscribe(context.Background(), p.rec.deliver); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	probe(t, a, p)
+	probe(t, p, a)
+	if p.isRelay() {
+		t.Fatal("p took the relay role from a live relay")
+	}
+}

@@ -34,6 +34,32 @@
 // it, but they still take the relay role over if it goes away, unless
 // Options.NoRelay is set.
 //
+// # Publish-only instances
+//
+// A publish-only Hub (edge.Options.PublishOnly) never subscribes its driver.
+// Such a driver is a client only: it never takes the relay role, and keeps
+// nothing running until it publishes. Its first Publish connects to the
+// relay (which greets it, as any client); a connection that fails is
+// forgotten, and the next Publish connects again, to whichever relay holds
+// the role by then. While no relay answers, Publish fails with
+// ErrNotConnected, at once for a while after a failed attempt (the backoff
+// of the reconnect rule), so that an outage costs one attempt per step, not
+// one per message.
+//
+// It never relays because only subscribed instances need a relay, and each
+// of them takes the role when it is free (or, with Options.NoRelay, a
+// supervisor's Relay holds it): whenever there is someone to deliver to,
+// there is a relay, or one is being elected. A publish-only process that
+// took the role would hold it for the others for as long as it lived, and a
+// short-lived one (a job, a command) would make the cluster fail over each
+// time it exits. When nobody subscribes, there is no relay and nobody to
+// deliver to: Publish fails, as at-most-once delivery allows.
+//
+// The relay forwards every frame to every client, a publish-only one too: the
+// driver reads and discards them on a goroutine of its own while it is
+// connected, so that the relay never finds it too slow. That traffic is the
+// cost of a publish-only instance on the relay.
+//
 // # Socket and lock files
 //
 // The relay is whoever holds the flock of the file now at Socket + ".lock";

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -145,13 +146,16 @@ func waitTopics(t *testing.T, in *instance, prefix string, n int) map[string][]e
 }
 
 // testAddress checks that namespaces, including the empty namespace, and
-// topics arrive as published.
+// topics arrive as published, control characters, quotes and separators
+// included.
 func (s *driverSuite) testAddress(t *testing.T) {
 	addresses := []struct{ namespace, topic string }{
 		{"", "every-namespace"},
 		{"/_ws", "chat"},
 		{"/rooms/ü ✓", "topic with spaces/ü ✓"},
 		{"ns", `a:b.c*?[x]{y}"q"\e%s`},
+		{"/ctl\x00\n\r\t\x7f\x1b", "nul\x00 'quote' \"dq\" --;/* */ \\ \u2028\u2029"},
+		{"'; DROP TABLE edgesync; --", "$1 ?::text %3A %25 {tag}"},
 		{"/drivertest", "0"},
 	}
 	ch := newChannel()
@@ -325,6 +329,138 @@ func (s *driverSuite) testConcurrentHub(t *testing.T) {
 		t.Logf("hub A: %+v; hub B: %+v", hubA.Stats(), hubB.Stats())
 		logA.dump(t, "hub A")
 		logB.dump(t, "hub B")
+	}
+}
+
+// testPublishOnly checks what a publish-only instance relies on: a driver
+// that is never subscribed, built directly and then by a publish-only Hub,
+// relays out what it publishes, one message at a time and in batches, to
+// every subscribed instance of the channel; nothing published by the others
+// reaches it; and closing it releases every goroutine it started.
+func (s *driverSuite) testPublishOnly(t *testing.T) {
+	const ns = "/drivertest"
+	before := runtime.NumGoroutine()
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	b := s.newInstance(t, "B", ch)
+
+	// A driver built and never subscribed.
+	p := s.newPublisher(t, "publisher", ch)
+	relay(t, p, textMessage(ns, "publish-only", "first"), a, b)
+	relay(t, p, textMessage(ns, "publish-only", "second"), a, b)
+	// Larger than some backplanes carry inline (a Postgres NOTIFY).
+	relay(t, p, textMessage(ns, "publish-only", "large-"+strings.Repeat("x", 20_000)), a, b)
+	if bd, ok := p.driver.(edge.BatchDriver); ok {
+		prefix := "publish-only-batch-" + edge.NewID() + "/"
+		batch := make([]edge.Message, 20)
+		for i := range batch {
+			batch[i] = textMessage(ns, fmt.Sprintf("%s%d", prefix, i), "batch")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		if err := bd.PublishBatch(ctx, batch); err != nil {
+			t.Fatalf("publisher: PublishBatch: %v", err)
+		}
+		for _, in := range []*instance{a, b} {
+			got := waitTopics(t, in, prefix, len(batch))
+			for _, want := range batch {
+				if msgs := got[want.Topic]; len(msgs) != 1 || !sameMessage(msgs[0], want) {
+					t.Errorf("%s received %d messages on %q, want %s once", in.name, len(msgs), want.Topic, formatMessage(want))
+				}
+			}
+		}
+	}
+
+	// A publish-only Hub, with a peer of its own as a witness.
+	log := &errorLog{}
+	hub, err := edge.New(edge.Options{Sync: s.newSync(t, ch), PublishOnly: true, OnError: log.onError})
+	if err != nil {
+		t.Fatalf("publish-only hub: edge.New: %v", err)
+	}
+	closeHub := sync.OnceValue(hub.Close)
+	t.Cleanup(func() { closeHub() })
+	witness := &endpoint{}
+	witness.inbox.init()
+	member, err := hub.Join(edge.NewID(), ns, witness)
+	if err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	topic := "publish-only-hub-" + edge.NewID()
+	if err := member.Subscribe(topic); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	const n = 50
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	sent := make(map[string]bool)
+	for i := range n {
+		msg := textMessage(ns, topic, fmt.Sprintf("hub-%d", i))
+		if err := hub.Publish(ctx, msg); err != nil {
+			t.Fatalf("publish-only hub: Publish %d: %v", i, err)
+		}
+		sent[string(msg.Data.Bytes)] = true
+	}
+	if err := hub.Flush(ctx); err != nil {
+		t.Fatalf("publish-only hub: Flush: %v", err)
+	}
+	for _, in := range []*instance{a, b} {
+		seen := make(map[string]int)
+		in.inbox.waitFor(t, waitTimeout, fmt.Sprintf("%s to receive the hub's %d messages", in.name, n), func(msgs []edge.Message) bool {
+			clear(seen)
+			for _, m := range msgs {
+				if m.Topic == topic {
+					seen[string(m.Data.Bytes)]++
+				}
+			}
+			return len(seen) >= n
+		})
+		for body, k := range seen {
+			if !sent[body] || k != 1 {
+				t.Errorf("%s received %q %d times, want it once and only if the hub published it", in.name, body, k)
+			}
+		}
+	}
+
+	// What the others publish never reaches the publish-only instances: by
+	// the time both subscribed instances have each other's messages, the
+	// backplane has carried them.
+	fromA := textMessage(ns, topic, "from-A")
+	relay(t, a, fromA, b)
+	fromB := textMessage(ns, topic, "from-B")
+	relay(t, b, fromB, a)
+	relay(t, p, textMessage(ns, topic, "marker"), a, b)
+	if got := len(witness.inbox.snapshot()); got != n {
+		t.Errorf("the publish-only hub's peer received %d messages, want its hub's own %d:\n%s", got, n, describe(witness.inbox.snapshot()))
+	}
+	if st := hub.Stats(); st.Received != 0 || st.Relayed != n {
+		t.Errorf("the publish-only hub received %d messages from the backplane and relayed %d, want none and %d", st.Received, st.Relayed, n)
+	}
+	if log.count() > 0 {
+		t.Errorf("the publish-only hub reported %d errors", log.count())
+		log.dump(t, "publish-only hub")
+	}
+
+	// Closing releases everything; Publish fails afterwards.
+	member.Leave()
+	if err := closeHub(); err != nil {
+		t.Errorf("publish-only hub: Close: %v", err)
+	}
+	for _, in := range []*instance{p, a, b} {
+		in.cancel()
+		if err := in.close(); err != nil {
+			t.Errorf("%s: Close: %v", in.name, err)
+		}
+	}
+	waitGoroutines(t, before)
+	if err := protect(p.driver.Close); isPanic(err) {
+		t.Errorf("publisher: second Close: %v", err)
+	}
+	err = protect(func() error { return p.driver.Publish(ctx, textMessage(ns, topic, "after-close")) })
+	switch {
+	case isPanic(err):
+		t.Errorf("publisher: Publish after Close: %v", err)
+	case err == nil:
+		t.Errorf("publisher: Publish after Close returned nil, want an error")
 	}
 }
 

@@ -46,7 +46,10 @@ var (
 // its publisher, both ways; that bodies arrive byte for byte and keep their
 // kind, with their namespace and topic; that another channel never bridges;
 // that PublishBatch, when the driver has it, delivers every message; that
-// publishes from many goroutines through a real Hub lose nothing; that
+// publishes from many goroutines through a real Hub lose nothing; that a
+// driver that is never subscribed, alone and in a publish-only Hub
+// (edge.Options.PublishOnly), relays out what it publishes, singly and in
+// batches, receives nothing, and releases every goroutine on Close; that
 // deliver is never called once Close has returned; that Close releases every
 // goroutine, may be called twice, and makes Publish fail; and that
 // Instance.Report is never given a nil error.
@@ -64,6 +67,7 @@ func RunDriverTests(t *testing.T, newSync func(tb testing.TB, channel string) ed
 	t.Run("ForeignChannelDoesNotBridge", s.testForeignChannel)
 	t.Run("PublishBatchDeliversEveryMessage", s.testPublishBatch)
 	t.Run("ConcurrentHubPublishesLoseNothing", s.testConcurrentHub)
+	t.Run("PublishOnlyInstanceRelaysOut", s.testPublishOnly)
 	t.Run("NoDeliveryAfterClose", s.testNoDeliveryAfterClose)
 	t.Run("CloseReleasesEverything", s.testCloseReleases)
 }
@@ -85,6 +89,7 @@ type instance struct {
 	id     string
 	driver edge.Driver
 	inbox  inbox
+	ctx    context.Context // the lifetime a Hub gives Subscribe
 	cancel context.CancelFunc
 
 	closeOnce sync.Once
@@ -101,6 +106,29 @@ type instance struct {
 // when t ends; its cleanup then checks that the driver kept the contract.
 func (s *driverSuite) newInstance(t *testing.T, name, channel string) *instance {
 	t.Helper()
+	in := s.newPublisher(t, name, channel)
+	subCtx, subCancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer subCancel()
+	// Subscribe is given the instance's lifetime context, as a Hub gives
+	// it; subCtx only bounds the call in case the driver blocks on it.
+	errc := make(chan error, 1)
+	go func() { errc <- callSubscribe(in.ctx, in.driver, in.deliver) }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("%s: Subscribe: %v", name, err)
+		}
+	case <-subCtx.Done():
+		t.Fatalf("%s: Subscribe did not return within %v", name, waitTimeout)
+	}
+	return in
+}
+
+// newPublisher builds one instance on channel and does not subscribe it, as
+// a publish-only Hub builds its driver. It is closed when t ends; its
+// cleanup then checks that the driver kept the contract.
+func (s *driverSuite) newPublisher(t *testing.T, name, channel string) *instance {
+	t.Helper()
 	in := &instance{name: name, id: edge.NewID()}
 	in.inbox.init()
 	newDriver := s.newSync(t, channel)
@@ -115,8 +143,7 @@ func (s *driverSuite) newInstance(t *testing.T, name, channel string) *instance 
 		t.Fatalf("%s: the Sync returned a nil Driver and no error", name)
 	}
 	in.driver = d
-	ctx, cancel := context.WithCancel(context.Background())
-	in.cancel = cancel
+	in.ctx, in.cancel = context.WithCancel(context.Background())
 	t.Cleanup(func() {
 		// The Hub's order: cancel the Subscribe context, then Close.
 		in.cancel()
@@ -125,20 +152,6 @@ func (s *driverSuite) newInstance(t *testing.T, name, channel string) *instance 
 		}
 		in.check(t)
 	})
-	subCtx, subCancel := context.WithTimeout(ctx, waitTimeout)
-	defer subCancel()
-	// Subscribe is given the instance's lifetime context, as a Hub gives
-	// it; subCtx only bounds the call in case the driver blocks on it.
-	errc := make(chan error, 1)
-	go func() { errc <- callSubscribe(ctx, in.driver, in.deliver) }()
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Fatalf("%s: Subscribe: %v", name, err)
-		}
-	case <-subCtx.Done():
-		t.Fatalf("%s: Subscribe did not return within %v", name, waitTimeout)
-	}
 	return in
 }
 

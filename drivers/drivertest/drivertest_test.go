@@ -2,6 +2,7 @@ package drivertest_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -27,11 +28,14 @@ func TestSuiteCatchesBrokenImplementations(t *testing.T) {
 		{"bridge", []string{"ForeignChannelDoesNotBridge"}},
 		{"lossy-batch", []string{"PublishBatchDeliversEveryMessage"}},
 		{"leak", []string{"CloseReleasesEverything"}},
+		{"publish-needs-subscribe", []string{"PublishOnlyInstanceRelaysOut"}},
 		{"open-after-close", []string{"CloseReleasesEverything"}},
 		{"nil-report", []string{"RelayIsBidirectional", "DataSurvives"}},
 		{"registry-no-stop", []string{"SubscribersStopEarly"}},
 		{"registry-no-expiry", []string{"ExpiredConnectionIsGone"}},
 		{"registry-keeps-subscriptions", []string{"RemoveDropsEverySubscription"}},
+		{"registry-mangles-names", []string{"HostileNamesStayApart"}},
+		{"registry-joins-keys", []string{"SeparatorsDoNotJoinNames"}},
 	} {
 		t.Run(tc.broken, func(t *testing.T) {
 			t.Parallel()
@@ -126,6 +130,9 @@ func (d *brokenDriver) Subscribe(ctx context.Context, deliver func(edge.Message)
 }
 
 func (d *brokenDriver) Publish(ctx context.Context, msg edge.Message) error {
+	if d.broken == "publish-needs-subscribe" && d.deliver == nil {
+		return errors.New("not subscribed")
+	}
 	if d.broken == "echo" {
 		d.deliver(msg)
 	}
@@ -137,6 +144,9 @@ func (d *brokenDriver) Publish(ctx context.Context, msg edge.Message) error {
 }
 
 func (d *brokenDriver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
+	if d.broken == "publish-needs-subscribe" && d.deliver == nil {
+		return errors.New("not subscribed")
+	}
 	if d.broken == "lossy-batch" && len(msgs) > 1 {
 		msgs = msgs[:len(msgs)-1]
 	}
@@ -153,7 +163,43 @@ func (r *brokenRegistry) Add(ctx context.Context, c edge.Conn) error {
 	if r.broken == "no-expiry" {
 		c.ExpiresAt = time.Now().Add(time.Hour)
 	}
+	c.ID, c.Namespace = r.mangle(c.ID), r.mangle(c.Namespace)
 	return r.Registry.Add(ctx, c)
+}
+
+// mangle is what a naive key scheme does to a name: it drops NUL bytes and
+// cuts it at 1 KiB.
+func (r *brokenRegistry) mangle(name string) string {
+	if r.broken != "mangles-names" {
+		return name
+	}
+	name = strings.ReplaceAll(name, "\x00", "")
+	return name[:min(len(name), 1024)]
+}
+
+func (r *brokenRegistry) Get(ctx context.Context, id string) (edge.Conn, error) {
+	return r.Registry.Get(ctx, r.mangle(id))
+}
+
+func (r *brokenRegistry) Topics(ctx context.Context, id string) ([]string, error) {
+	return r.Registry.Topics(ctx, r.mangle(id))
+}
+
+func (r *brokenRegistry) Unsubscribe(ctx context.Context, id, topic string) error {
+	return r.Registry.Unsubscribe(ctx, r.mangle(id), r.mangle(topic))
+}
+
+// Subscribe, when the registry joins keys, subscribes to namespace:topic, as
+// a key scheme that does not escape its separator.
+func (r *brokenRegistry) Subscribe(ctx context.Context, id, topic string) error {
+	if r.broken == "joins-keys" {
+		c, err := r.Registry.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		return r.Registry.Subscribe(ctx, id, c.Namespace+":"+topic)
+	}
+	return r.Registry.Subscribe(ctx, r.mangle(id), r.mangle(topic))
 }
 
 func (r *brokenRegistry) Remove(ctx context.Context, id string) error {
@@ -172,10 +218,14 @@ func (r *brokenRegistry) Remove(ctx context.Context, id string) error {
 		}
 		return nil
 	}
-	return r.Registry.Remove(ctx, id)
+	return r.Registry.Remove(ctx, r.mangle(id))
 }
 
 func (r *brokenRegistry) Subscribers(ctx context.Context, namespace, topic string, each func(string) bool) error {
+	if r.broken == "joins-keys" && namespace != "" {
+		return r.Registry.Subscribers(ctx, "", namespace+":"+topic, each)
+	}
+	namespace, topic = r.mangle(namespace), r.mangle(topic)
 	if r.broken == "no-stop" {
 		return r.Registry.Subscribers(ctx, namespace, topic, func(id string) bool {
 			each(id)

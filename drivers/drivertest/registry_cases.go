@@ -17,6 +17,14 @@ import (
 // made by newRegistry (each call may return a fresh, empty registry of its own
 // scope). The cases run in parallel and use random connection ids, namespaces
 // and topics, so newRegistry may also return one shared registry.
+//
+// Besides the contract of edge.Registry, the cases check that a Registry
+// keeps every id, namespace and topic exactly as given and apart from every
+// other: NUL and other control characters, key separators, hash-tag braces
+// and glob characters, the escapes of a key scheme, SQL quotes and comments,
+// invalid UTF-8 and names of 64 KiB, as well as names that are prefixes of
+// each other or read the same once joined by a separator. A Registry refuses
+// none of them.
 func RunRegistryTests(t *testing.T, newRegistry func(tb testing.TB) edge.Registry) {
 	t.Helper()
 	cases := []struct {
@@ -32,6 +40,8 @@ func RunRegistryTests(t *testing.T, newRegistry func(tb testing.TB) edge.Registr
 		{"ManySubscribers", testManySubscribers},
 		{"RemoveDropsEverySubscription", testRemoveDropsSubscriptions},
 		{"ExpiredConnectionIsGone", testExpired},
+		{"HostileNamesStayApart", testHostileNames},
+		{"SeparatorsDoNotJoinNames", testSeparatorsDoNotJoin},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

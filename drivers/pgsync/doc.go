@@ -103,10 +103,13 @@
 //
 // # Registry
 //
-// Registry is an edge.Registry in two tables, edgesync_conns and
-// edgesync_subs, scoped by RegistryOptions.Channel so that several
+// Registry is an edge.Registry in two tables, edgesync_registry_conns and
+// edgesync_registry_subs, scoped by RegistryOptions.Channel so that several
 // applications can share them. Expiry is enforced by every query; expired
-// rows are pruned by Add.
+// rows are pruned by Add. Names are stored as bytes and found by their
+// SHA-256 digests, so any id, namespace or topic is kept exactly: NUL bytes,
+// invalid UTF-8 and names far longer than an index entry included.
+// Attributes are stored as JSON text.
 //
 // # Pools and poolers
 //

@@ -31,6 +31,9 @@ func ParseReference(raw []byte) (id string, row int64, token string, err error) 
 // SetPageSize sets how many ids Subscribers reads per query.
 func SetPageSize(r *Registry, n int) { r.pageSize = n }
 
+// Key returns the digest by which the Registry's rows find a name.
+func Key(name string) []byte { return key(name) }
+
 // Prune deletes expired connections now.
 func Prune(ctx context.Context, r *Registry) (int64, error) { return r.prune(ctx) }
 

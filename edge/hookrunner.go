@@ -119,8 +119,13 @@ func closePeer(p Peer, code int, reason string) {
 }
 
 // Error hands err, something that went wrong for p, to Hooks.Error, or logs
-// it when there is no Hooks.Error or it panics.
+// it when there is no Hooks.Error or it panics. A nil p is an error of the
+// front end that no peer owns: it is logged.
 func (hr *HookRunner) Error(p Peer, err error) {
+	if p == nil {
+		hr.errorLog().Log(hr.name()+": error", err)
+		return
+	}
 	if hr.Hooks.Error != nil {
 		defer func() {
 			if v := recover(); v != nil {

@@ -101,7 +101,8 @@ type Runtime struct {
 	cancel context.CancelFunc
 	jobs   chan *invocation // an idle process's /next takes the next one
 	procs  []*proc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // the Runtime API servers
+	procWG sync.WaitGroup // the processes' run loops
 
 	mu         sync.Mutex
 	coldStarts []time.Duration
@@ -209,13 +210,14 @@ func NewRuntime(ctx context.Context, opts RuntimeOptions) (*Runtime, error) {
 		p := &proc{rt: r, n: i, ln: ln, first: make(chan struct{})}
 		p.srv = &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second}
 		r.procs = append(r.procs, p)
-		r.wg.Add(2)
+		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			_ = p.srv.Serve(ln)
 		}()
+		r.procWG.Add(1)
 		go func() {
-			defer r.wg.Done()
+			defer r.procWG.Done()
 			p.run()
 		}()
 	}
@@ -312,6 +314,7 @@ func (r *Runtime) abandon(inv *invocation) {
 // the Runtime API; invocations in flight fail with ErrClosed.
 func (r *Runtime) Close() error {
 	r.cancel()
+	r.procWG.Wait()
 	for _, p := range r.procs {
 		_ = p.srv.Close()
 	}
@@ -470,10 +473,7 @@ func (p *proc) next(w http.ResponseWriter, req *http.Request) {
 	var inv *invocation
 	select {
 	case inv = <-r.jobs:
-	case <-req.Context().Done():
-		return
-	case <-r.ctx.Done():
-		runtimeError(w, http.StatusServiceUnavailable, "ShuttingDown", "the runtime is closing")
+	case <-req.Context().Done(): // the process exited, or Close is done with it
 		return
 	}
 	p.mu.Lock()

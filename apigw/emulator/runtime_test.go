@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
@@ -46,6 +47,7 @@ func newRuntime(t *testing.T, opts emulator.RuntimeOptions) *emulator.Runtime {
 	if opts.Stderr == nil {
 		opts.Stderr = testWriter{t}
 	}
+	opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	rt, err := emulator.NewRuntime(ctx, opts)

@@ -71,7 +71,7 @@ func (r recorder) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 }
 
 // start runs an Emulator configured by opts, with h as its function.
-func start(t *testing.T, opts emulator.Options, h fn) *fixture {
+func start(t testing.TB, opts emulator.Options, h fn) *fixture {
 	t.Helper()
 	f := &fixture{
 		connects:    make(chan recorded, 1024),
@@ -112,7 +112,7 @@ func (r recorded) id() string { return r.ev.RequestContext.ConnectionID }
 
 // dial connects a client, with query appended to the URL, and returns it
 // with its $connect event.
-func (f *fixture) dial(t *testing.T, query string, opts *websocket.DialOptions) (*websocket.Conn, recorded) {
+func (f *fixture) dial(t testing.TB, query string, opts *websocket.DialOptions) (*websocket.Conn, recorded) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/coder/websocket"
@@ -46,7 +45,7 @@ func BenchmarkGatewayPublish1000(b *testing.B) {
 	}
 	defer hub.Close()
 	h := apigw.NewHandler(hub, edge.Hooks{Open: func(p edge.Peer) { _ = p.Subscribe(context.Background(), "t") }}, reg, gw)
-	emu, err := emulator.New(emulator.Options{Stage: "bench", Handler: lambda.NewHandler(h.Handle)})
+	emu, err := emulator.New(emulator.Options{Stage: "bench", Handler: emulator.NewHandler(h.Handle)})
 	if err != nil {
 		b.Fatal(err)
 	}

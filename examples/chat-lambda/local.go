@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-lambda-go/lambda"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
@@ -70,7 +69,7 @@ func newLocal(ctx context.Context, addr string, cfg chatroom.Config) (*local, er
 	if err != nil {
 		return nil, err
 	}
-	emu, err := emulator.New(emulator.Options{Stage: stage, Handler: lambda.NewHandler(fn.handler.Handle)})
+	emu, err := emulator.New(emulator.Options{Stage: stage, Handler: emulator.NewHandler(fn.handler.Handle)})
 	if err != nil {
 		fn.Close()
 		return nil, err

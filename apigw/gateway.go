@@ -50,8 +50,9 @@ const (
 
 var (
 	// ErrGone is wrapped by the error of Post, Delete and Connection when
-	// API Gateway answers 410 Gone: the connection closed. The Gateway
-	// has removed it from the Registry by then.
+	// API Gateway answers 410 Gone: the connection closed, or is still
+	// being established. The Gateway has removed it from the Registry by
+	// then, unless it connected less than 30 seconds ago (see Gateway).
 	ErrGone = errors.New("apigw: connection gone")
 
 	// ErrPayloadTooLarge is wrapped by the error of Deliver and Post for a
@@ -130,6 +131,12 @@ type GatewayOptions struct {
 // told (a $disconnect event that did not arrive or failed). The Gateway then
 // removes the connection, and so its subscriptions, from the Registry, and
 // calls GatewayOptions.OnGone. For Deliver this is normal and not an error.
+//
+// API Gateway also answers 410 for a connection whose $connect has not
+// returned yet, whose peer may have subscribed in Hooks.Open already. So a
+// connection that connected (edge.Conn.ConnectedAt) less than 30 seconds
+// ago, longer than API Gateway lets $connect run, is kept: only the post is
+// lost.
 type Gateway struct {
 	reg        edge.Registry
 	cfg        aws.Config
@@ -400,7 +407,8 @@ func (g *Gateway) Deliver(ctx context.Context, msg edge.Message, except string) 
 
 // Post posts d to the connection id, with the same encoding, size limit,
 // deadline and retries as Deliver. When the connection is gone (410), Post
-// removes it from the Registry and returns an error wrapping ErrGone.
+// removes it from the Registry (see Gateway) and returns an error wrapping
+// ErrGone.
 func (g *Gateway) Post(ctx context.Context, id string, d edge.Data) error {
 	api, err := g.client()
 	if err != nil {
@@ -507,8 +515,17 @@ func (g *Gateway) goneOr(ctx context.Context, doing, id string, err error) error
 	}
 }
 
-// forget removes the gone connection id from the Registry and calls OnGone.
+// connectGrace is how long after it connected a connection is kept when API
+// Gateway answers 410 Gone for it: until $connect has returned, API Gateway
+// refuses posts with 410, and its integration timeout is 29 seconds.
+const connectGrace = 30 * time.Second
+
+// forget removes the gone connection id from the Registry and calls OnGone,
+// unless it connected less than connectGrace ago and may be in its $connect.
 func (g *Gateway) forget(ctx context.Context, id string) error {
+	if c, err := g.reg.Get(ctx, id); err == nil && time.Since(c.ConnectedAt) < connectGrace {
+		return nil
+	}
 	if err := g.reg.Remove(ctx, id); err != nil {
 		return fmt.Errorf("apigw: removing the gone connection %q: %w", id, err)
 	}

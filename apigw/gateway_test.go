@@ -241,8 +241,9 @@ func newGateway(t testing.TB, reg edge.Registry, f *fakeAPI, configure func(*api
 }
 
 // addConns adds connections named ids (made unique to the test) in
-// namespace, subscribed to topics, and returns their ids. They are removed
-// when the test ends.
+// namespace, subscribed to topics, and returns their ids. They connected an
+// hour ago, so that a 410 for them removes them (see Gateway), and are
+// removed when the test ends.
 func addConns(t testing.TB, reg edge.Registry, namespace string, topics []string, names ...string) []string {
 	t.Helper()
 	ctx := testCtx(t)
@@ -250,7 +251,7 @@ func addConns(t testing.TB, reg edge.Registry, namespace string, topics []string
 	for i, name := range names {
 		id := name
 		ids[i] = id
-		if err := reg.Add(ctx, edge.Conn{ID: id, Namespace: namespace, ConnectedAt: time.Now()}); err != nil {
+		if err := reg.Add(ctx, edge.Conn{ID: id, Namespace: namespace, ConnectedAt: time.Now().Add(-time.Hour)}); err != nil {
 			t.Fatalf("Add(%q): %v", id, err)
 		}
 		t.Cleanup(func() { reg.Remove(context.Background(), id) })

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -47,6 +48,11 @@ type Handler struct {
 	// Gateway posts to connections and deletes them. It learns its
 	// management endpoint from the first event when it has none.
 	Gateway *Gateway
+
+	// Routes lists the custom route keys the API sends to this handler,
+	// besides $connect, $disconnect and $default. A message on a route that
+	// is not listed gets a 400 response naming it. nil accepts every route.
+	Routes []string
 
 	// ConnTTL is how long the Registry keeps a connection that never got a
 	// $disconnect event. 0 means edge.DefaultConnTTL, API Gateway's
@@ -177,7 +183,13 @@ func (h *Handler) connect(ctx context.Context, ev *events.APIGatewayWebsocketPro
 }
 
 func (h *Handler) message(ctx context.Context, ev *events.APIGatewayWebsocketProxyRequest) events.APIGatewayProxyResponse {
-	id := ev.RequestContext.ConnectionID
+	id, route := ev.RequestContext.ConnectionID, ev.RequestContext.RouteKey
+	if h.Hooks.Message == nil {
+		return respond(http.StatusBadRequest, fmt.Sprintf("apigw: no Message hook for route %q", route))
+	}
+	if route != "$default" && h.Routes != nil && !slices.Contains(h.Routes, route) {
+		return respond(http.StatusBadRequest, fmt.Sprintf("apigw: unknown route %q", route))
+	}
 	d := edge.Text(ev.Body)
 	if ev.IsBase64Encoded {
 		b, err := base64.StdEncoding.DecodeString(ev.Body)

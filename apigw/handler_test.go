@@ -231,6 +231,11 @@ func TestDisconnectRunsCloseAndForgets(t *testing.T) {
 
 func TestMalformedEventsGetAClearResponse(t *testing.T) {
 	e := newLambda(t, nil, "", edge.Hooks{Message: func(edge.Peer, edge.Data) { t.Error("Message ran for a malformed event") }})
+	bare := newLambda(t, nil, "", edge.Hooks{})
+	bare.handle(t, event("CONNECT", "conn-N="))
+	if resp := bare.handle(t, event("MESSAGE", "conn-N=")); resp.StatusCode != 400 || !strings.Contains(resp.Body, "no Message hook") {
+		t.Errorf("a message without a Message hook: %d %q", resp.StatusCode, resp.Body)
+	}
 	e.handle(t, event("CONNECT", "conn-M="))
 	noID := event("MESSAGE", "")
 	unknown := event("MESSAGE", "conn-M=")
@@ -240,6 +245,12 @@ func TestMalformedEventsGetAClearResponse(t *testing.T) {
 	badText := event("MESSAGE", "conn-M=")
 	badText.Body = "\xff\xfe"
 	stranger := event("MESSAGE", "conn-unknown=")
+	e.handler.Routes = []string{"sendmessage"}
+	custom := event("MESSAGE", "conn-M=")
+	custom.RequestContext.RouteKey = "sendmessage"
+	custom.Body = "\xff"
+	otherRoute := event("MESSAGE", "conn-M=")
+	otherRoute.RequestContext.RouteKey = "nosuchroute"
 	for name, c := range map[string]struct {
 		ev     events.APIGatewayWebsocketProxyRequest
 		status int
@@ -250,6 +261,8 @@ func TestMalformedEventsGetAClearResponse(t *testing.T) {
 		"bad base64":         {badBase64, 400, "base64"},
 		"invalid UTF-8":      {badText, 400, "UTF-8"},
 		"unknown connection": {stranger, 410, "unknown connection"},
+		"unknown route":      {otherRoute, 400, "nosuchroute"},
+		"listed route":       {custom, 400, "UTF-8"},
 	} {
 		resp := e.handle(t, c.ev)
 		if resp.StatusCode != c.status || !strings.Contains(resp.Body, c.says) {

@@ -251,19 +251,7 @@ func (a *apiGateway) dial(t *testing.T, query string, opts *websocket.DialOption
 // has run or is running, and waits for that Open.
 func (a *apiGateway) client(t *testing.T, conn *websocket.Conn) *apiClient {
 	t.Helper()
-	conn.SetReadLimit(1 << 20)
-	c := &client{conn: conn, frames: make(chan frame, 64), done: make(chan error, 1)}
-	go func() {
-		for {
-			typ, data, err := conn.Read(context.Background())
-			if err != nil {
-				c.done <- err
-				return
-			}
-			c.frames <- frame{typ, string(data)}
-		}
-	}()
-	t.Cleanup(func() { conn.CloseNow() })
+	c := readClient(t, conn, 64)
 	return &apiClient{client: c, id: testenv.Recv(t, a.opened, wait, "the Open of a dialled client")}
 }
 

@@ -37,8 +37,20 @@ func dial(t *testing.T, url string) *client {
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
+	c := readClient(t, conn, 4096)
+	// The server answers a ping from its read loop, which starts once the
+	// Open hook has run: after the pong, the peer is subscribed.
+	if err := conn.Ping(ctx); err != nil {
+		t.Fatalf("ping %s: %v", url, err)
+	}
+	return c
+}
+
+// readClient reads conn into a client whose frames channel holds up to
+// buffer messages. The connection is closed when the test ends.
+func readClient(t *testing.T, conn *websocket.Conn, buffer int) *client {
 	conn.SetReadLimit(1 << 20)
-	c := &client{conn: conn, frames: make(chan frame, 4096), done: make(chan error, 1)}
+	c := &client{conn: conn, frames: make(chan frame, buffer), done: make(chan error, 1)}
 	go func() {
 		for {
 			typ, data, err := conn.Read(context.Background())
@@ -50,11 +62,6 @@ func dial(t *testing.T, url string) *client {
 		}
 	}()
 	t.Cleanup(func() { conn.CloseNow() })
-	// The server answers a ping from its read loop, which starts once the
-	// Open hook has run: after the pong, the peer is subscribed.
-	if err := conn.Ping(ctx); err != nil {
-		t.Fatalf("ping %s: %v", url, err)
-	}
 	return c
 }
 

@@ -157,7 +157,7 @@ type gatewayAPI struct {
 	client   *apigatewaymanagementapi.Client
 }
 
-var _ edge.Gateway = (*Gateway)(nil)
+var _ edge.PeerGateway = (*Gateway)(nil)
 
 // NewGateway returns a Gateway configured by opts. It loads the default AWS
 // configuration when opts.Config is nil, and returns an error when that
@@ -445,6 +445,20 @@ func (g *Gateway) post(ctx context.Context, api *gatewayAPI, id string, body []b
 		return false, fmt.Errorf("apigw: posting to %q: %w: %w", id, ErrPayloadTooLarge, err)
 	}
 	return false, fmt.Errorf("apigw: posting to %q: %w", id, err)
+}
+
+// SendTo posts d to the connection id if the Registry holds it, for
+// Hub.SendTo. It returns an error wrapping edge.ErrNotFound when the Registry
+// does not hold the connection, and nil when API Gateway answers that it is
+// gone: the peer no longer exists, which is not the sender's error.
+func (g *Gateway) SendTo(ctx context.Context, id string, d edge.Data) error {
+	if _, err := g.reg.Get(ctx, id); err != nil {
+		return fmt.Errorf("apigw: send to %q: %w", id, err)
+	}
+	if err := g.Post(ctx, id, d); err != nil && !errors.Is(err, ErrGone) {
+		return err
+	}
+	return nil
 }
 
 // Delete closes the connection id (DeleteConnection). API Gateway then sends

@@ -358,3 +358,23 @@ func (r *recorder) all() []string {
 	defer r.mu.Unlock()
 	return append([]string(nil), r.got...)
 }
+
+func TestSendToAGatewayPeer(t *testing.T) {
+	e := newLambda(t, nil, "", edge.Hooks{})
+	e.handle(t, event("CONNECT", "conn-S="))
+	ctx := context.Background()
+	if err := e.hub.SendTo(ctx, "conn-S=", edge.Text("just you")); err != nil {
+		t.Fatal(err)
+	}
+	if n, body := e.api.postsTo("conn-S="); n != 1 || body != "just you" {
+		t.Fatalf("posted %d times, %q", n, body)
+	}
+	// Gone meanwhile, or never here: not the sender's error.
+	e.api.setGone("conn-S=", true)
+	if err := e.hub.SendTo(ctx, "conn-S=", edge.Text("again")); err != nil {
+		t.Fatalf("SendTo a gone connection: %v", err)
+	}
+	if err := e.hub.SendTo(ctx, "conn-nobody=", edge.Text("x")); err != nil {
+		t.Fatalf("SendTo an unknown connection: %v", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/edgesync/edgesync/edge"
@@ -68,6 +69,9 @@ func (p *peer) Publish(ctx context.Context, topic string, d edge.Data) error {
 func (p *peer) Subscribe(ctx context.Context, topic string) error {
 	if topic == "" {
 		return edge.ErrInvalidTopic
+	}
+	if strings.HasPrefix(topic, edge.PeerTopicPrefix) {
+		return edge.ErrReservedTopic
 	}
 	if err := p.h.Registry.Subscribe(ctx, p.conn.ID, topic); err != nil {
 		return fmt.Errorf("apigw: subscribe %q: %w", topic, err)

@@ -92,7 +92,7 @@ type Hub struct {
 	mu      sync.RWMutex
 	closed  bool
 	spaces  map[string]map[string]*memberSet // namespace → topic → members
-	members map[*Member]struct{}
+	members map[string]*Member // by peer id
 
 	published, relayed, received, dropped atomic.Uint64
 	errs                                  [numStages]atomic.Uint64
@@ -128,7 +128,7 @@ func New(opts Options) (*Hub, error) {
 		ctx:            ctx,
 		cancel:         cancel,
 		spaces:         make(map[string]map[string]*memberSet),
-		members:        make(map[*Member]struct{}),
+		members:        make(map[string]*Member),
 	}
 	if h.onError == nil {
 		h.errlog = &ErrorLog{Logger: opts.Logger}
@@ -206,6 +206,9 @@ func (h *Hub) publish(msg Message, from string) error {
 	if msg.Topic == "" {
 		return ErrInvalidTopic
 	}
+	if reserved(msg.Topic) {
+		return ErrReservedTopic
+	}
 	if !msg.Data.Valid() {
 		return ErrInvalidText
 	}
@@ -228,15 +231,20 @@ func (h *Hub) publish(msg Message, from string) error {
 		}
 	}
 	if h.relayQueue != nil {
-		e := h.pending.add()
-		select {
-		case h.relayQueue <- relayJob{msg, e}:
-		default:
-			h.pending.done(e)
-			h.drop()
-		}
+		h.enqueueRelay(msg)
 	}
 	return nil
+}
+
+// enqueueRelay queues msg for the driver, or drops it when the queue is full.
+func (h *Hub) enqueueRelay(msg Message) {
+	e := h.pending.add()
+	select {
+	case h.relayQueue <- relayJob{msg, e}:
+	default:
+		h.pending.done(e)
+		h.drop()
+	}
 }
 
 func (h *Hub) drop() {
@@ -305,6 +313,10 @@ func (h *Hub) receive(msg Message) {
 		return
 	}
 	h.received.Add(1)
+	if reserved(msg.Topic) {
+		h.receivePeer(msg)
+		return
+	}
 	h.fanOut(msg, "")
 }
 
@@ -425,7 +437,7 @@ func (h *Hub) Close() error {
 	}
 	h.closed = true
 	members := make([]*Member, 0, len(h.members))
-	for m := range h.members {
+	for _, m := range h.members {
 		members = append(members, m)
 	}
 	h.mu.Unlock()

@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 )
@@ -40,7 +41,8 @@ type Member struct {
 }
 
 // Join adds a peer held in this process to the Hub. id must be unique in the
-// cluster (NewID makes one) and namespace must not be empty. The peer
+// cluster (NewID makes one; joining an id that is joined already is an error)
+// and namespace must not be empty. The peer
 // receives nothing until it subscribes; call Leave when its connection ends.
 func (h *Hub) Join(id, namespace string, ep Endpoint) (*Member, error) {
 	if id == "" || namespace == "" || ep == nil {
@@ -52,7 +54,10 @@ func (h *Hub) Join(id, namespace string, ep Endpoint) (*Member, error) {
 	if h.closed {
 		return nil, ErrClosed
 	}
-	h.members[m] = struct{}{}
+	if _, ok := h.members[id]; ok {
+		return nil, fmt.Errorf("edge: join: a peer with id %q is joined already", id)
+	}
+	h.members[id] = m
 	return m, nil
 }
 
@@ -67,6 +72,9 @@ func (m *Member) Namespace() string { return m.namespace }
 func (m *Member) Subscribe(topic string) error {
 	if topic == "" {
 		return ErrInvalidTopic
+	}
+	if reserved(topic) {
+		return ErrReservedTopic
 	}
 	h := m.hub
 	h.mu.Lock()
@@ -155,7 +163,7 @@ func (m *Member) Leave() {
 		m.unsubscribeLocked(t)
 	}
 	m.left = true
-	delete(h.members, m)
+	delete(h.members, m.id)
 }
 
 // closeEndpoint closes the member's connection, isolating a panic.

@@ -92,7 +92,7 @@ type Hub struct {
 	mu      sync.RWMutex
 	closed  bool
 	spaces  map[string]map[string]*memberSet // namespace → topic → members
-	members map[string]*Member // by peer id
+	members map[string]*Member               // by peer id
 
 	published, relayed, received, dropped atomic.Uint64
 	errs                                  [numStages]atomic.Uint64

@@ -128,9 +128,12 @@ type GatewayOptions struct {
 // # Gone connections
 //
 // A 410 Gone answer means the connection closed without the Registry being
-// told (a $disconnect event that did not arrive or failed). The Gateway then
-// removes the connection, and so its subscriptions, from the Registry, and
-// calls GatewayOptions.OnGone. For Deliver this is normal and not an error.
+// told yet (a $disconnect event still on its way, or one that never came).
+// The Gateway then removes the connection's subscriptions from the Registry
+// and keeps its record for one more minute, so that the $disconnect that
+// normally follows still finds the peer's namespace and attributes; then
+// the record expires. It calls GatewayOptions.OnGone. For Deliver this is
+// normal and not an error.
 //
 // API Gateway also answers 410 for a connection whose $connect has not
 // returned yet, whose peer may have subscribed in Hooks.Open already. So a
@@ -534,13 +537,27 @@ func (g *Gateway) goneOr(ctx context.Context, doing, id string, err error) error
 // refuses posts with 410, and its integration timeout is 29 seconds.
 const connectGrace = 30 * time.Second
 
-// forget removes the gone connection id from the Registry and calls OnGone,
-// unless it connected less than connectGrace ago and may be in its $connect.
+// goneLinger is how long the record of a gone connection is kept, without
+// its subscriptions, for the $disconnect event that API Gateway sends
+// shortly after, which reads the peer's namespace and attributes from it.
+const goneLinger = time.Minute
+
+// forget removes the subscriptions of the gone connection id from the
+// Registry, keeping its record for goneLinger, and calls OnGone; unless it
+// connected less than connectGrace ago and may be in its $connect.
 func (g *Gateway) forget(ctx context.Context, id string) error {
-	if c, err := g.reg.Get(ctx, id); err == nil && time.Since(c.ConnectedAt) < connectGrace {
+	c, err := g.reg.Get(ctx, id)
+	switch {
+	case errors.Is(err, edge.ErrNotFound):
+		return nil // forgotten already
+	case err != nil:
+		return fmt.Errorf("apigw: looking up the gone connection %q: %w", id, err)
+	case time.Since(c.ConnectedAt) < connectGrace:
 		return nil
 	}
-	if err := g.reg.Remove(ctx, id); err != nil {
+	// Add replaces the record, and with it every subscription.
+	c.ExpiresAt = time.Now().Add(goneLinger)
+	if err := g.reg.Add(ctx, c); err != nil {
 		return fmt.Errorf("apigw: removing the gone connection %q: %w", id, err)
 	}
 	if g.onGone != nil {

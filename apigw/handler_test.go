@@ -378,3 +378,34 @@ func TestSendToAGatewayPeer(t *testing.T) {
 		t.Fatalf("SendTo an unknown connection: %v", err)
 	}
 }
+
+// A post that finds the connection gone comes before its $disconnect: Close
+// still gets the peer's namespace and attributes.
+func TestDisconnectAfterAGonePost(t *testing.T) {
+	type closed struct{ ns, user string }
+	got := make(chan closed, 1)
+	e := newLambda(t, nil, "", edge.Hooks{
+		Upgrade: func(*http.Request) (edge.Accept, error) {
+			return edge.Accept{Namespace: "/chat", Attrs: map[string]string{"user": "ann"}}, nil
+		},
+		Open:  func(p edge.Peer) { _ = p.Subscribe(context.Background(), "room") },
+		Close: func(p edge.Peer, _ int, _ string) { got <- closed{p.Namespace(), p.Attr("user")} },
+	})
+	ev := event("CONNECT", "conn-G=")
+	ev.RequestContext.ConnectedAt = time.Now().Add(-time.Hour).UnixMilli() // long past its $connect
+	e.handle(t, ev)
+	e.api.setGone("conn-G=", true)
+	if err := e.hub.Publish(context.Background(), edge.Message{Namespace: "/chat", Topic: "room", Data: edge.Text("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.hub.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if ids := subscribers(t, e.reg, "/chat", "room"); len(ids) != 0 {
+		t.Fatalf("the gone connection is still subscribed: %v", ids)
+	}
+	e.handle(t, event("DISCONNECT", "conn-G="))
+	if c := testenv.Recv(t, got, testTimeout, "Hooks.Close"); c != (closed{"/chat", "ann"}) {
+		t.Fatalf("Close got %+v", c)
+	}
+}

@@ -65,6 +65,26 @@ func forgotten(t *testing.T, reg edge.Registry, id, namespace, topic string) {
 	if c, err := reg.Get(ctx, id); !errors.Is(err, edge.ErrNotFound) {
 		t.Fatalf("Registry.Get(%s) = %+v, %v; want edge.ErrNotFound", id, c, err)
 	}
+	unsubscribed(t, reg, id, namespace, topic)
+}
+
+// goneForgotten checks that a connection API Gateway answered 410 for is
+// no subscriber of namespace and topic any more, and that its record, kept
+// for the $disconnect that follows, expires within a minute.
+func goneForgotten(t *testing.T, reg edge.Registry, id, namespace, topic string) {
+	t.Helper()
+	if c, err := reg.Get(context.Background(), id); err == nil && time.Until(c.ExpiresAt) > time.Minute {
+		t.Fatalf("Registry.Get(%s) = %+v: it does not expire within a minute", id, c)
+	} else if err != nil && !errors.Is(err, edge.ErrNotFound) {
+		t.Fatal(err)
+	}
+	unsubscribed(t, reg, id, namespace, topic)
+}
+
+// unsubscribed checks that id is no subscriber of namespace and topic.
+func unsubscribed(t *testing.T, reg edge.Registry, id, namespace, topic string) {
+	t.Helper()
+	ctx := context.Background()
 	var ids []string
 	if err := reg.Subscribers(ctx, namespace, topic, func(id string) bool { ids = append(ids, id); return true }); err != nil {
 		t.Fatal(err)
@@ -300,7 +320,7 @@ func TestAPIGatewayGoneConnection(t *testing.T) {
 			t.Fatalf("OnGone(%s), want the stale %s", id, stale)
 		}
 		a.awaitHandled(t, "MESSAGE", ann.id, 1)
-		forgotten(t, a.reg, stale, "/r", "chat")
+		goneForgotten(t, a.reg, stale, "/r", "chat")
 		if errs := a.errs.Errors(testenv.AnyStage); len(errs) > 0 {
 			t.Fatalf("a gone connection was reported: %v", errs)
 		}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,7 +26,7 @@ import (
 
 // Defaults of GatewayOptions.
 const (
-	// DefaultConcurrency is how many posts one Deliver makes at once when
+	// DefaultConcurrency is how many posts a Gateway makes at once when
 	// GatewayOptions.Concurrency is 0.
 	DefaultConcurrency = 32
 	// DefaultPostTimeout is the deadline of one API call when
@@ -35,6 +36,13 @@ const (
 	// GatewayOptions.MaxRetries is 0.
 	DefaultMaxRetries = 3
 )
+
+// EndpointEnv is the environment variable that NewGateway reads the
+// management endpoint from when GatewayOptions.Endpoint is empty. The local
+// API Gateway emulator (apigw/emulator) sets it in the function's
+// environment, where the endpoint learned from the events would not reach
+// it.
+const EndpointEnv = "EDGESYNC_APIGW_ENDPOINT"
 
 // MaxPayload is the largest body API Gateway accepts in one post to a
 // connection, in bytes: 128 KB.
@@ -73,8 +81,9 @@ type GatewayOptions struct {
 
 	// Endpoint is the management endpoint of the WebSocket API:
 	// https://{api-id}.execute-api.{region}.amazonaws.com/{stage}, or a
-	// custom domain with its base path. "" means it is learned later,
-	// through SetEndpoint.
+	// custom domain with its base path. "" means the value of the
+	// environment variable EndpointEnv, and when that is empty too, the
+	// endpoint is learned later, through SetEndpoint.
 	Endpoint string
 
 	// Config is the AWS configuration: region and credentials. nil means
@@ -84,8 +93,9 @@ type GatewayOptions struct {
 	// HTTPClient are not used.
 	Config *aws.Config
 
-	// Concurrency is how many posts one Deliver makes at once. 0 means
-	// DefaultConcurrency.
+	// Concurrency is how many posts the Gateway makes at once, across all
+	// the Delivers in progress (a Hub runs several: Options.GatewayWorkers),
+	// so that its connection pool fits them. 0 means DefaultConcurrency.
 	Concurrency int
 
 	// PostTimeout is the deadline of every single API call, retries
@@ -148,6 +158,7 @@ type Gateway struct {
 	timeout    time.Duration
 	retries    int
 	onGone     func(id string)
+	sem        chan struct{} // the posts in flight, across every Deliver
 
 	api     atomic.Pointer[gatewayAPI] // nil until the endpoint is known
 	mu      sync.Mutex                 // serializes SetEndpoint
@@ -186,6 +197,7 @@ func NewGateway(ctx context.Context, opts GatewayOptions) (*Gateway, error) {
 	if g.conc == 0 {
 		g.conc = DefaultConcurrency
 	}
+	g.sem = make(chan struct{}, g.conc)
 	if g.timeout == 0 {
 		g.timeout = DefaultPostTimeout
 	}
@@ -209,6 +221,9 @@ func NewGateway(ctx context.Context, opts GatewayOptions) (*Gateway, error) {
 	}
 	if g.httpClient == nil {
 		g.httpClient = &http.Client{Transport: gatewayTransport(g.conc)}
+	}
+	if opts.Endpoint == "" {
+		opts.Endpoint = os.Getenv(EndpointEnv)
 	}
 	if opts.Endpoint != "" {
 		endpoint, err := cleanEndpoint(opts.Endpoint)
@@ -272,8 +287,10 @@ func (g *Gateway) newAPI(endpoint string) *gatewayAPI {
 
 // SetEndpoint sets the management endpoint when the Gateway has none yet,
 // and is a no-op otherwise. A Lambda handler calls it with what it learns
-// from its first event: "https://" + domainName + "/" + stage. An endpoint
-// that is not an http or https URL is ignored, and the calls keep failing
+// from its first event: "https://" + domainName + "/" + stage. That is
+// right for the API's own domain name; behind a custom domain, whose base
+// path need not be the stage, give GatewayOptions.Endpoint instead. An
+// endpoint that is not an http or https URL is ignored, and the calls keep failing
 // with ErrNoEndpoint, saying which endpoint was ignored. SetEndpoint is safe
 // for concurrent use.
 func (g *Gateway) SetEndpoint(endpoint string) {
@@ -365,7 +382,7 @@ func (g *Gateway) Deliver(ctx context.Context, msg edge.Message, except string) 
 		return err
 	}
 	var (
-		sem     = make(chan struct{}, g.conc)
+		sem     = g.sem
 		wg      sync.WaitGroup
 		posts   int
 		stopped bool // by ctx, before the last subscriber

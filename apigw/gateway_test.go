@@ -768,6 +768,7 @@ func TestConnectionsReused(t *testing.T) {
 }
 
 func TestNoEndpoint(t *testing.T) {
+	t.Setenv(apigw.EndpointEnv, "")
 	reg := memsync.NewRegistry(memsync.RegistryOptions{})
 	f := newFakeAPI(t, "prod")
 	g := newGateway(t, reg, nil, nil)
@@ -958,4 +959,13 @@ func BenchmarkDeliver1000(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*1000), "ns/post")
+}
+
+func TestEndpointFromTheEnvironment(t *testing.T) {
+	f := newFakeAPI(t, "env")
+	t.Setenv(apigw.EndpointEnv, f.endpoint())
+	g := newGateway(t, memsync.NewRegistry(memsync.RegistryOptions{}), nil, nil)
+	if g.Endpoint() != f.endpoint() {
+		t.Fatalf("endpoint %q, want %q from %s", g.Endpoint(), f.endpoint(), apigw.EndpointEnv)
+	}
 }

@@ -150,7 +150,7 @@ func (h *Handler) connect(ctx context.Context, ev *events.APIGatewayWebsocketPro
 		h.hooks().Error(nil, fmt.Errorf("apigw: recording connection %q: %w", c.ID, err))
 		return respond(http.StatusInternalServerError, "apigw: could not record the connection")
 	}
-	p := h.peer(c, true)
+	p := h.peer(ctx, c, true)
 	if !h.hooks().Open(p) || p.refused() {
 		// Open closed the peer (or panicked, which closes it with 1011)
 		// before API Gateway made it a connection: it is refused, and
@@ -212,7 +212,7 @@ func (h *Handler) message(ctx context.Context, ev *events.APIGatewayWebsocketPro
 		h.hooks().Error(nil, fmt.Errorf("apigw: looking up connection %q: %w", id, err))
 		return respond(http.StatusInternalServerError, "apigw: could not look up the connection")
 	}
-	h.hooks().Message(h.peer(c, false), d)
+	h.hooks().Message(h.peer(ctx, c, false), d)
 	return events.APIGatewayProxyResponse{StatusCode: http.StatusOK}
 }
 
@@ -235,7 +235,7 @@ func (h *Handler) disconnect(ctx context.Context, ev *events.APIGatewayWebsocket
 	if rc.DisconnectReason != nil {
 		reason = *rc.DisconnectReason
 	}
-	p := h.peer(c, false)
+	p := h.peer(ctx, c, false)
 	p.gone = true
 	h.hooks().Close(p, code, reason)
 	if err := h.Registry.Remove(ctx, c.ID); err != nil {

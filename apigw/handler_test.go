@@ -323,6 +323,7 @@ func TestPanickingHooksAreRecoveredAndReported(t *testing.T) {
 }
 
 func TestEndpointLearnedFromTheFirstEvent(t *testing.T) {
+	t.Setenv(apigw.EndpointEnv, "")
 	reg := memsync.NewRegistry(memsync.RegistryOptions{})
 	g := newGateway(t, reg, nil, nil)
 	hub, err := edge.New(edge.Options{Gateway: g, PublishOnly: true})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/edgesync/edgesync/edge"
 )
@@ -21,9 +22,10 @@ var ErrNotConnected = errors.New("apigw: connection not established until $conne
 // deletes it, Subscribe, Unsubscribe and Topics use the Registry, and
 // Publish goes through the Hub.
 type peer struct {
-	h    *Handler
-	conn edge.Conn
-	gone bool // rebuilt for $disconnect: the connection has closed
+	h        *Handler
+	conn     edge.Conn
+	gone     bool      // rebuilt for $disconnect: the connection has closed
+	deadline time.Time // the invocation's, less the margin for the response; zero: none
 
 	mu         sync.Mutex
 	connecting bool // in $connect: not postable yet
@@ -34,8 +36,12 @@ type peer struct {
 
 var _ edge.Peer = (*peer)(nil)
 
-func (h *Handler) peer(c edge.Conn, connecting bool) *peer {
-	return &peer{h: h, conn: c, connecting: connecting}
+func (h *Handler) peer(ctx context.Context, c edge.Conn, connecting bool) *peer {
+	p := &peer{h: h, conn: c, connecting: connecting}
+	if dl, ok := ctx.Deadline(); ok {
+		p.deadline = dl.Add(-flushMargin)
+	}
+	return p
 }
 
 // ID returns the API Gateway connection id.
@@ -55,6 +61,8 @@ func (p *peer) Send(ctx context.Context, d edge.Data) error {
 	if connecting {
 		return ErrNotConnected
 	}
+	ctx, cancel := p.bound(ctx)
+	defer cancel()
 	return p.h.Gateway.Post(ctx, p.conn.ID, d)
 }
 
@@ -114,12 +122,21 @@ func (p *peer) Close(code int, reason string) error {
 	if p.gone {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), p.h.Gateway.timeout)
+	ctx, cancel := p.bound(context.Background())
 	defer cancel()
 	if err := p.h.Gateway.Delete(ctx, p.conn.ID); err != nil && !errors.Is(err, ErrGone) {
 		return err
 	}
 	return nil
+}
+
+// bound bounds ctx by the invocation's deadline: a post's retries must not
+// outlast the function's timeout, which would lose the response.
+func (p *peer) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if p.deadline.IsZero() {
+		return context.WithCancel(ctx)
+	}
+	return context.WithDeadline(ctx, p.deadline)
 }
 
 // refused reports whether Close was called during $connect.

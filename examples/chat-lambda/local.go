@@ -96,7 +96,7 @@ func runLocal(addr string, cfg chatroom.Config) error {
 		return err
 	}
 	defer ln.Close()
-	l, err := newLocal(ctx, ln.Addr().String(), cfg)
+	l, err := newLocal(ctx, loopback(ln.Addr()), cfg)
 	if err != nil {
 		return err
 	}
@@ -122,4 +122,17 @@ func runLocal(addr string, cfg chatroom.Config) error {
 		err = nil
 	}
 	return err
+}
+
+// loopback returns the address to reach a listener at addr from this host:
+// an unspecified IP (":8081" listens on every address) becomes localhost.
+func loopback(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
 }

@@ -41,7 +41,9 @@ func main() {
 		os.Exit(serveLocal(os.Args[1:]))
 	}
 	// Made once per cold start, reused by every invocation.
-	fn, err := newFunction(context.Background(), configFromEnv(os.Getenv), os.Getenv("EDGESYNC_APIGW_ENDPOINT"), nil)
+	// The management endpoint comes from EDGESYNC_APIGW_ENDPOINT, or
+	// from the first event.
+	fn, err := newFunction(context.Background(), configFromEnv(os.Getenv), "", nil)
 	if err != nil {
 		slog.Error("chat-lambda", "err", err)
 		os.Exit(1)

@@ -171,7 +171,14 @@ type gatewayAPI struct {
 	client   *apigatewaymanagementapi.Client
 }
 
-var _ edge.PeerGateway = (*Gateway)(nil)
+var (
+	_ edge.PeerGateway     = (*Gateway)(nil)
+	_ edge.RegistryGateway = (*Gateway)(nil)
+)
+
+// Registry returns the Registry of the Gateway's connections, for
+// Hub.Presence.
+func (g *Gateway) Registry() edge.Registry { return g.reg }
 
 // NewGateway returns a Gateway configured by opts. It loads the default AWS
 // configuration when opts.Config is nil, and returns an error when that

@@ -36,6 +36,18 @@ type Options struct {
 	PublishOnly bool
 	// Gateway reaches peers held outside this process. nil means none.
 	Gateway Gateway
+	// Presence, when set, is where this instance records the peers it
+	// holds in memory and their topics, so that Hub.Presence on any
+	// instance lists them. Every instance of the cluster is given the same
+	// Registry, one of its own: not the Gateway's, whose connections are
+	// posted to (a Registry of the backplane's store, on another channel
+	// name, does). nil records nothing.
+	Presence Registry
+	// PresenceTTL is how long a presence record outlives its instance:
+	// records are written again every third of it, so the peers of an
+	// instance that died drop out of Hub.Presence within PresenceTTL.
+	// 0 means DefaultPresenceTTL.
+	PresenceTTL time.Duration
 	// OnError receives every backplane error with its stage. nil logs
 	// with an ErrorLog of the Hub's own: once per interval for a repeated
 	// kind of error, with a count. It must not block for long, and must
@@ -80,11 +92,14 @@ type Hub struct {
 	publishTimeout time.Duration
 	gatewayTimeout time.Duration
 
-	relayQueue   chan relayJob
-	gatewayQueue chan gatewayJob
-	pending      tracker
-	workers      sync.WaitGroup
-	failing      sync.WaitGroup // members whose endpoint panicked, leaving
+	relayQueue    chan relayJob
+	gatewayQueue  chan gatewayJob
+	presence      Registry
+	presenceTTL   time.Duration
+	presenceQueue chan presenceOp
+	pending       tracker
+	workers       sync.WaitGroup
+	failing       sync.WaitGroup // members whose endpoint panicked, leaving
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -150,6 +165,13 @@ func New(opts Options) (*Hub, error) {
 				h.report(err, StageSubscribe)
 			}
 		}
+	}
+	if opts.Presence != nil {
+		h.presence = opts.Presence
+		h.presenceTTL = orDefault(opts.PresenceTTL, DefaultPresenceTTL)
+		h.presenceQueue = make(chan presenceOp, queueSize)
+		h.workers.Add(1)
+		go h.presenceWorker()
 	}
 	if h.gateway != nil {
 		h.gatewayQueue = make(chan gatewayJob, queueSize)

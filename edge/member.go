@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
+	"time"
 )
 
 // WebSocket close statuses the core uses.
@@ -35,7 +36,9 @@ type Member struct {
 	id        string
 	namespace string
 	ep        Endpoint
+	joined    time.Time
 	topics    map[string]struct{} // guarded by hub.mu
+	attrs     map[string]string   // guarded by hub.mu
 	left      bool                // guarded by hub.mu
 	broken    atomic.Bool         // its endpoint panicked: it is leaving with 1011
 }
@@ -48,7 +51,7 @@ func (h *Hub) Join(id, namespace string, ep Endpoint) (*Member, error) {
 	if id == "" || namespace == "" || ep == nil {
 		return nil, errors.New("edge: join needs an id, a namespace and an endpoint")
 	}
-	m := &Member{hub: h, id: id, namespace: namespace, ep: ep, topics: make(map[string]struct{})}
+	m := &Member{hub: h, id: id, namespace: namespace, ep: ep, joined: time.Now(), topics: make(map[string]struct{})}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -96,7 +99,11 @@ func (m *Member) Subscribe(topic string) error {
 		topics[topic] = set
 	}
 	set.add(m)
+	if len(m.topics) == 0 {
+		h.presenceChange(presenceOp{kind: presenceAdd, conn: m.conn(time.Now().Add(h.presenceTTL))})
+	}
 	m.topics[topic] = struct{}{}
+	h.presenceChange(presenceOp{kind: presenceSubscribe, conn: Conn{ID: m.id}, topic: topic})
 	return nil
 }
 
@@ -108,7 +115,10 @@ func (m *Member) Unsubscribe(topic string) error {
 	if m.left {
 		return ErrClosed
 	}
-	m.unsubscribeLocked(topic)
+	if _, ok := m.topics[topic]; ok {
+		m.unsubscribeLocked(topic)
+		h.presenceChange(presenceOp{kind: presenceUnsubscribe, conn: Conn{ID: m.id}, topic: topic})
+	}
 	return nil
 }
 
@@ -158,6 +168,9 @@ func (m *Member) Leave() {
 	defer h.mu.Unlock()
 	if m.left {
 		return
+	}
+	if len(m.topics) > 0 {
+		h.presenceChange(presenceOp{kind: presenceRemove, conn: Conn{ID: m.id}})
 	}
 	for t := range m.topics {
 		m.unsubscribeLocked(t)

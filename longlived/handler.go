@@ -297,6 +297,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = conn.Close(websocket.StatusGoingAway, "going away")
 		return
 	}
+	member.SetAttrs(p.attrs) // for Hub.Presence
 	p.member = member
 	h.track(p)
 	p.serve()

@@ -95,7 +95,7 @@ func TestPresenceIncludesTheGatewaysPeers(t *testing.T) {
 type registryGateway struct{ reg edge.Registry }
 
 func (g registryGateway) Deliver(context.Context, edge.Message, string) error { return nil }
-func (g registryGateway) Registry() edge.Registry                            { return g.reg }
+func (g registryGateway) Registry() edge.Registry                             { return g.reg }
 
 func TestPresenceForgetsADeadInstanceWithinTheTTL(t *testing.T) {
 	var skew atomic.Int64 // how far the Registry's clock is ahead

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -285,6 +286,11 @@ func (c *conn) message(data []byte) {
 		return
 	}
 	if resp.Body == "" {
+		return
+	}
+	if !slices.Contains(c.e.opts.RouteResponses, route) {
+		c.e.log.Debug("emulator: response body dropped: the route has no route response",
+			"connection", c.id, "route", route, "request", rid, "status", resp.StatusCode, "body", resp.Body)
 		return
 	}
 	body, err := responseBody(resp)

@@ -81,13 +81,18 @@
 // use; the emulator invokes such a handler one invocation at a time.
 // NewHandler makes a handler that is.
 //
-// A route's response is sent back to the client as one text frame when its
-// body is not empty (a binary frame when isBase64Encoded), whatever its
-// statusCode, as a route with a route response (two-way) does; a response
-// with an empty body, or null, sends nothing. $connect's and $disconnect's
-// bodies are never sent. An integration error (the invocation failed, timed
-// out after Options.InvokeTimeout, or answered something that is not a JSON
-// object) sends the client API Gateway's error frame:
+// Every route is a proxy route, one-way unless it is listed in
+// Options.RouteResponses: on a one-way route, as on API Gateway without a
+// route response, nothing the integration answers reaches the client (the
+// emulator logs a dropped body at debug level), and the function talks to
+// the client through the management API. On a two-way route the response
+// is sent back to the client as one text frame when its body is not empty
+// (a binary frame when isBase64Encoded), whatever its statusCode; a
+// response with an empty body, or null, sends nothing. $connect's and
+// $disconnect's bodies are never sent. On any route, an integration error
+// (the invocation failed, timed out after Options.InvokeTimeout, or
+// answered something that is not a JSON object) sends the client API
+// Gateway's error frame:
 //
 //	{"message": "Internal server error", "connectionId":"L0SM9cOFvHcCIhw=", "requestId":"L0SNBFV6vHcF8Ag="}
 //

@@ -62,6 +62,14 @@ type Options struct {
 	// value is not one of them goes to $default.
 	Routes []string
 
+	// RouteResponses lists the route keys that have a route response, the
+	// two-way routes: a non-empty body their integration answers is sent
+	// back to the client. $default may be listed, and so may any of Routes.
+	// On any other route the response body is dropped, as API Gateway
+	// drops it on a route without a route response. nil makes every route
+	// one-way.
+	RouteResponses []string
+
 	// IdleTimeout closes a connection that has carried no message for that
 	// long. 0 means DefaultIdleTimeout.
 	IdleTimeout time.Duration
@@ -130,6 +138,12 @@ func New(opts Options) (*Emulator, error) {
 		}
 	}
 	opts.Routes = slices.Clone(opts.Routes)
+	for _, r := range opts.RouteResponses {
+		if r != routeDefault && !slices.Contains(opts.Routes, r) {
+			return nil, fmt.Errorf("emulator: route response for %q, which is neither $default nor one of Options.Routes", r)
+		}
+	}
+	opts.RouteResponses = slices.Clone(opts.RouteResponses)
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
 	}

@@ -215,7 +215,7 @@ func TestRuntimeBehindEmulator(t *testing.T) {
 	srv := httptest.NewUnstartedServer(nil)
 	endpoint := "http://" + srv.Listener.Addr().String() + "/local"
 	rt := newRuntime(t, emulator.RuntimeOptions{Command: []string{bin}, Procs: 2, Env: []string{"EDGESYNC_APIGW_ENDPOINT=" + endpoint}})
-	em, err := emulator.New(emulator.Options{Handler: rt})
+	em, err := emulator.New(emulator.Options{Handler: rt, RouteResponses: []string{"$default"}})
 	if err != nil {
 		t.Fatal(err)
 	}

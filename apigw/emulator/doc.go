@@ -112,7 +112,9 @@
 // client receives 1000 too), and the emulator's own code otherwise (1001
 // "Going away", 1009, 1003). Its answer is ignored. Emulator.Close closes
 // every connection with 1001 and waits for every invocation, $disconnect
-// included.
+// included, each bounded by Options.InvokeTimeout. An in-process function
+// that ignores its context's deadline is waited for one second more, then
+// abandoned: Close returns an error counting the abandoned invocations.
 //
 // # The management API
 //

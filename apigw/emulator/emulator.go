@@ -109,6 +109,12 @@ type Emulator struct {
 
 	wg sync.WaitGroup // connections, invocations and close handshakes
 
+	// running counts the calls of the Handler that have not returned, which
+	// may outlive their invocation's timeout; drained, when not nil, is
+	// closed once running is 0.
+	running int
+	drained chan struct{}
+
 	// serial, when not nil, makes invocations of a Handler that is not safe
 	// for concurrent use run one at a time.
 	serial *sync.Mutex
@@ -267,27 +273,78 @@ func (e *Emulator) throttled() bool {
 	return false
 }
 
+// closeGrace is how long Close waits for a call of the Handler that has
+// overrun its InvokeTimeout before abandoning it.
+const closeGrace = time.Second
+
 // Close refuses new connections, closes every connection with 1001 Going
 // Away (invoking $disconnect for each) and waits until every invocation has
 // returned. It is safe to call more than once.
+//
+// Every wait is bounded: an invocation by Options.InvokeTimeout, a close
+// handshake by a few seconds. A call of the Handler that ignores its
+// context and is still running closeGrace (one second) after its timeout
+// is abandoned: Close returns an error saying how many calls it abandoned,
+// and they go on running in their goroutines. A Runtime's invocations never
+// outlive their context.
 func (e *Emulator) Close() error {
 	e.mu.Lock()
-	if e.closed {
+	if !e.closed {
+		e.closed = true
+		cs := make([]*conn, 0, len(e.conns))
+		for _, c := range e.conns {
+			cs = append(cs, c)
+		}
 		e.mu.Unlock()
-		e.wg.Wait()
+		for _, c := range cs {
+			c.shutdown(closeGoingAway, reasonGoingAway)
+		}
+	} else {
+		e.mu.Unlock()
+	}
+	e.wg.Wait() // every invocation has returned or timed out
+	return e.awaitHandlers()
+}
+
+// awaitHandlers waits, for at most closeGrace, until every call of the
+// Handler has returned.
+func (e *Emulator) awaitHandlers() error {
+	e.mu.Lock()
+	if e.running == 0 {
+		e.mu.Unlock()
 		return nil
 	}
-	e.closed = true
-	cs := make([]*conn, 0, len(e.conns))
-	for _, c := range e.conns {
-		cs = append(cs, c)
+	if e.drained == nil {
+		e.drained = make(chan struct{})
 	}
+	drained := e.drained
 	e.mu.Unlock()
-	for _, c := range cs {
-		c.shutdown(closeGoingAway, reasonGoingAway)
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-drained:
+		return nil
+	case <-t.C:
 	}
-	e.wg.Wait()
-	return nil
+	e.mu.Lock()
+	n := e.running
+	e.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("emulator: closed, abandoning %d invocation(s) of the Handler still running %v after their InvokeTimeout (%v)",
+		n, closeGrace, e.opts.InvokeTimeout)
+}
+
+// handlerReturned records that a call of the Handler has returned.
+func (e *Emulator) handlerReturned() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.running--
+	if e.running == 0 && e.drained != nil {
+		close(e.drained)
+		e.drained = nil
+	}
 }
 
 // begin registers work that Close must wait for; false means the Emulator is
@@ -335,9 +392,11 @@ func (e *Emulator) invoke(event any) (events.APIGatewayProxyResponse, error) {
 		err error
 	}
 	done := make(chan result, 1)
-	e.wg.Add(1) // the caller holds a count, so Close is still waiting
+	e.mu.Lock()
+	e.running++ // Close waits for the call, within bounds
+	e.mu.Unlock()
 	go func() {
-		defer e.wg.Done()
+		defer e.handlerReturned()
 		var res result
 		func() {
 			defer func() {
@@ -348,6 +407,10 @@ func (e *Emulator) invoke(event any) (events.APIGatewayProxyResponse, error) {
 			if e.serial != nil {
 				e.serial.Lock()
 				defer e.serial.Unlock()
+				if err := ctx.Err(); err != nil {
+					res.err = err // timed out waiting for the previous invocation
+					return
+				}
 			}
 			res.out, res.err = e.opts.Handler.Invoke(ctx, payload)
 			res.out = bytes.Clone(res.out)

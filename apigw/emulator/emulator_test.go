@@ -593,3 +593,44 @@ func TestDisconnectCodes(t *testing.T) {
 		t.Errorf("connections left after Close: %v", f.em.Connections())
 	}
 }
+
+func TestCloseAbandonsStuckInvocations(t *testing.T) {
+	release := make(chan struct{})
+	f := start(t, emulator.Options{InvokeTimeout: 100 * time.Millisecond}, func(ctx context.Context, ev events.APIGatewayWebsocketProxyRequest) (events.APIGatewayProxyResponse, error) {
+		if ev.Body == "stuck" {
+			<-release // ignoring ctx
+		}
+		return events.APIGatewayProxyResponse{StatusCode: 200}, nil
+	})
+	c, conn := f.dial(t, "", nil)
+	send(t, c, "stuck")
+	if _, got := read(t, c); !strings.HasPrefix(got, `{"message": "Internal server error"`) {
+		t.Fatalf("client received %q, want the integration timeout's error frame", got)
+	}
+
+	code := make(chan websocket.StatusCode, 1)
+	go func() { // the client answers the close
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		_, _, err := c.Read(ctx)
+		code <- websocket.CloseStatus(err)
+	}()
+	start := time.Now()
+	err := f.em.Close()
+	if err == nil || !strings.Contains(err.Error(), "abandoning 1 invocation") {
+		t.Errorf("Close: %v, want it to report the abandoned invocation", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close took %v", d)
+	}
+	// The connection was closed and its $disconnect invoked all the same.
+	if code := testenv.Recv(t, code, wait, "the client's close"); code != websocket.StatusGoingAway {
+		t.Errorf("client closed with %v", code)
+	}
+	awaitDisconnect(t, f, conn.id())
+
+	close(release)
+	if err := f.em.Close(); err != nil {
+		t.Errorf("Close once the invocation returned: %v", err)
+	}
+}

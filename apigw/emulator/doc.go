@@ -32,6 +32,16 @@
 // error"}. A request to /{stage} that is not a WebSocket handshake is
 // answered 426 Upgrade Required.
 //
+// With Options.Authorizer, the emulator runs it, as $connect's Lambda
+// REQUEST authorizer, on the upgrade request before it invokes $connect. An
+// authorizer that returns ErrUnauthorized refuses the client with 401
+// {"message":"Unauthorized"}, one that returns any other error (its policy
+// denies) with 403 {"message":"Forbidden"}, and $connect is not invoked;
+// one that fails (a panic, a timeout after Options.InvokeTimeout, a context
+// value that is not a string, number or boolean) is answered 500. The
+// context it returns is requestContext.authorizer in every event of the
+// connection.
+//
 // A connection is not postable until its $connect has returned 2xx: until
 // then PostToConnection, GetConnection and DeleteConnection answer 410
 // GoneException, as they do on AWS. It is postable from the moment its 101
@@ -52,7 +62,10 @@
 // client's IP address) and identity.userAgent, domainName (the Host the
 // client used, port included, so that a function deriving its management
 // endpoint from domainName and stage finds the emulator), connectionId and
-// apiId.
+// apiId, and, on a connection Options.Authorizer authorized, authorizer:
+// the authorizer's context, as given (principalId among it when the
+// authorizer set one), on $connect, on every message and on $disconnect,
+// as API Gateway sends it.
 //
 //   - CONNECT carries headers and multiValueHeaders (the client's, with the
 //     Host, X-Forwarded-For, X-Forwarded-Port, X-Forwarded-Proto and

@@ -28,6 +28,11 @@ const (
 	MaxFrameSize = 32 * 1024
 )
 
+// ErrUnauthorized is the error an Options.Authorizer returns, or wraps, to
+// answer a client 401 Unauthorized, as API Gateway answers a client its
+// Lambda authorizer fails as unauthorized.
+var ErrUnauthorized = errors.New("emulator: unauthorized")
+
 // Defaults for the zero values of Options.
 const (
 	DefaultStage                    = "local"
@@ -69,6 +74,21 @@ type Options struct {
 	// drops it on a route without a route response. nil makes every route
 	// one-way.
 	RouteResponses []string
+
+	// Authorizer, when not nil, is the $connect route's Lambda REQUEST
+	// authorizer, run in process on the client's upgrade request before
+	// $connect is invoked, bounded by InvokeTimeout (the request's context
+	// is done then). An error refuses the connection without invoking
+	// $connect, as API Gateway does: ErrUnauthorized (or an error wrapping
+	// it) is answered 401 Unauthorized, as when the authorizer fails the
+	// request as unauthorized, any other error 403 Forbidden, as when its
+	// policy denies the request. Otherwise the context it returns becomes
+	// requestContext.authorizer in every event of the connection, $connect,
+	// messages and $disconnect; put the principal's id under "principalId"
+	// as API Gateway does. Its values must be strings, numbers or booleans,
+	// as in an authorizer's context on AWS: anything else, a panic or a
+	// timeout is answered 500.
+	Authorizer func(r *http.Request) (context map[string]any, err error)
 
 	// IdleTimeout closes a connection that has carried no message for that
 	// long. 0 means DefaultIdleTimeout.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,7 @@ type conn struct {
 	userAgent   string
 	domainName  string
 	connectedAt time.Time
+	authorizer  map[string]any // the authorizer's context, nil without one
 
 	ready      chan struct{} // closed once the handshake is over; ws is set if it succeeded
 	ws         *websocket.Conn
@@ -77,6 +79,21 @@ func (e *Emulator) serveConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	defer e.wg.Done()
 
+	var authorizer map[string]any
+	if e.opts.Authorizer != nil {
+		auth, status, err := e.authorize(r)
+		if err != nil {
+			if status == http.StatusInternalServerError {
+				e.log.Error("emulator: authorizer failed", "err", err)
+			} else {
+				e.log.Info("emulator: $connect refused by the authorizer", "status", status, "err", err)
+			}
+			refuse(w, status)
+			return
+		}
+		authorizer = auth
+	}
+
 	now := time.Now()
 	c := &conn{
 		e:           e,
@@ -85,6 +102,7 @@ func (e *Emulator) serveConnect(w http.ResponseWriter, r *http.Request) {
 		userAgent:   r.UserAgent(),
 		domainName:  r.Host,
 		connectedAt: now,
+		authorizer:  authorizer,
 		activity:    make(chan struct{}, 1),
 		tooBig:      make(chan struct{}),
 		closeDone:   make(chan struct{}),
@@ -285,6 +303,11 @@ func (c *conn) message(data []byte) {
 		return
 	}
 	if resp.Body == "" {
+		return
+	}
+	if !slices.Contains(c.e.opts.RouteResponses, route) {
+		c.e.log.Debug("emulator: response body dropped: the route has no route response",
+			"connection", c.id, "route", route, "request", rid, "status", resp.StatusCode, "body", resp.Body)
 		return
 	}
 	body, err := responseBody(resp)

@@ -32,6 +32,16 @@
 // error"}. A request to /{stage} that is not a WebSocket handshake is
 // answered 426 Upgrade Required.
 //
+// With Options.Authorizer, the emulator runs it, as $connect's Lambda
+// REQUEST authorizer, on the upgrade request before it invokes $connect. An
+// authorizer that returns ErrUnauthorized refuses the client with 401
+// {"message":"Unauthorized"}, one that returns any other error (its policy
+// denies) with 403 {"message":"Forbidden"}, and $connect is not invoked;
+// one that fails (a panic, a timeout after Options.InvokeTimeout, a context
+// value that is not a string, number or boolean) is answered 500. The
+// context it returns is requestContext.authorizer in every event of the
+// connection.
+//
 // A connection is not postable until its $connect has returned 2xx: until
 // then PostToConnection, GetConnection and DeleteConnection answer 410
 // GoneException, as they do on AWS. It is postable from the moment its 101
@@ -52,7 +62,10 @@
 // client's IP address) and identity.userAgent, domainName (the Host the
 // client used, port included, so that a function deriving its management
 // endpoint from domainName and stage finds the emulator), connectionId and
-// apiId.
+// apiId, and, on a connection Options.Authorizer authorized, authorizer:
+// the authorizer's context, as given (principalId among it when the
+// authorizer set one), on $connect, on every message and on $disconnect,
+// as API Gateway sends it.
 //
 //   - CONNECT carries headers and multiValueHeaders (the client's, with the
 //     Host, X-Forwarded-For, X-Forwarded-Port, X-Forwarded-Proto and
@@ -81,13 +94,18 @@
 // use; the emulator invokes such a handler one invocation at a time.
 // NewHandler makes a handler that is.
 //
-// A route's response is sent back to the client as one text frame when its
-// body is not empty (a binary frame when isBase64Encoded), whatever its
-// statusCode, as a route with a route response (two-way) does; a response
-// with an empty body, or null, sends nothing. $connect's and $disconnect's
-// bodies are never sent. An integration error (the invocation failed, timed
-// out after Options.InvokeTimeout, or answered something that is not a JSON
-// object) sends the client API Gateway's error frame:
+// Every route is a proxy route, one-way unless it is listed in
+// Options.RouteResponses: on a one-way route, as on API Gateway without a
+// route response, nothing the integration answers reaches the client (the
+// emulator logs a dropped body at debug level), and the function talks to
+// the client through the management API. On a two-way route the response
+// is sent back to the client as one text frame when its body is not empty
+// (a binary frame when isBase64Encoded), whatever its statusCode; a
+// response with an empty body, or null, sends nothing. $connect's and
+// $disconnect's bodies are never sent. On any route, an integration error
+// (the invocation failed, timed out after Options.InvokeTimeout, or
+// answered something that is not a JSON object) sends the client API
+// Gateway's error frame:
 //
 //	{"message": "Internal server error", "connectionId":"L0SM9cOFvHcCIhw=", "requestId":"L0SNBFV6vHcF8Ag="}
 //
@@ -107,7 +125,9 @@
 // client receives 1000 too), and the emulator's own code otherwise (1001
 // "Going away", 1009, 1003). Its answer is ignored. Emulator.Close closes
 // every connection with 1001 and waits for every invocation, $disconnect
-// included.
+// included, each bounded by Options.InvokeTimeout. An in-process function
+// that ignores its context's deadline is waited for one second more, then
+// abandoned: Close returns an error counting the abandoned invocations.
 //
 // # The management API
 //

@@ -28,6 +28,11 @@ const (
 	MaxFrameSize = 32 * 1024
 )
 
+// ErrUnauthorized is the error an Options.Authorizer returns, or wraps, to
+// answer a client 401 Unauthorized, as API Gateway answers a client its
+// Lambda authorizer fails as unauthorized.
+var ErrUnauthorized = errors.New("emulator: unauthorized")
+
 // Defaults for the zero values of Options.
 const (
 	DefaultStage                    = "local"
@@ -61,6 +66,29 @@ type Options struct {
 	// Routes lists the API's custom route keys. A message whose selected
 	// value is not one of them goes to $default.
 	Routes []string
+
+	// RouteResponses lists the route keys that have a route response, the
+	// two-way routes: a non-empty body their integration answers is sent
+	// back to the client. $default may be listed, and so may any of Routes.
+	// On any other route the response body is dropped, as API Gateway
+	// drops it on a route without a route response. nil makes every route
+	// one-way.
+	RouteResponses []string
+
+	// Authorizer, when not nil, is the $connect route's Lambda REQUEST
+	// authorizer, run in process on the client's upgrade request before
+	// $connect is invoked, bounded by InvokeTimeout (the request's context
+	// is done then). An error refuses the connection without invoking
+	// $connect, as API Gateway does: ErrUnauthorized (or an error wrapping
+	// it) is answered 401 Unauthorized, as when the authorizer fails the
+	// request as unauthorized, any other error 403 Forbidden, as when its
+	// policy denies the request. Otherwise the context it returns becomes
+	// requestContext.authorizer in every event of the connection, $connect,
+	// messages and $disconnect; put the principal's id under "principalId"
+	// as API Gateway does. Its values must be strings, numbers or booleans,
+	// as in an authorizer's context on AWS: anything else, a panic or a
+	// timeout is answered 500.
+	Authorizer func(r *http.Request) (context map[string]any, err error)
 
 	// IdleTimeout closes a connection that has carried no message for that
 	// long. 0 means DefaultIdleTimeout.
@@ -101,6 +129,12 @@ type Emulator struct {
 
 	wg sync.WaitGroup // connections, invocations and close handshakes
 
+	// running counts the calls of the Handler that have not returned, which
+	// may outlive their invocation's timeout; drained, when not nil, is
+	// closed once running is 0.
+	running int
+	drained chan struct{}
+
 	// serial, when not nil, makes invocations of a Handler that is not safe
 	// for concurrent use run one at a time.
 	serial *sync.Mutex
@@ -130,6 +164,12 @@ func New(opts Options) (*Emulator, error) {
 		}
 	}
 	opts.Routes = slices.Clone(opts.Routes)
+	for _, r := range opts.RouteResponses {
+		if r != routeDefault && !slices.Contains(opts.Routes, r) {
+			return nil, fmt.Errorf("emulator: route response for %q, which is neither $default nor one of Options.Routes", r)
+		}
+	}
+	opts.RouteResponses = slices.Clone(opts.RouteResponses)
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
 	}
@@ -253,27 +293,78 @@ func (e *Emulator) throttled() bool {
 	return false
 }
 
+// closeGrace is how long Close waits for a call of the Handler that has
+// overrun its InvokeTimeout before abandoning it.
+const closeGrace = time.Second
+
 // Close refuses new connections, closes every connection with 1001 Going
 // Away (invoking $disconnect for each) and waits until every invocation has
 // returned. It is safe to call more than once.
+//
+// Every wait is bounded: an invocation by Options.InvokeTimeout, a close
+// handshake by a few seconds. A call of the Handler that ignores its
+// context and is still running closeGrace (one second) after its timeout
+// is abandoned: Close returns an error saying how many calls it abandoned,
+// and they go on running in their goroutines. A Runtime's invocations never
+// outlive their context.
 func (e *Emulator) Close() error {
 	e.mu.Lock()
-	if e.closed {
+	if !e.closed {
+		e.closed = true
+		cs := make([]*conn, 0, len(e.conns))
+		for _, c := range e.conns {
+			cs = append(cs, c)
+		}
 		e.mu.Unlock()
-		e.wg.Wait()
+		for _, c := range cs {
+			c.shutdown(closeGoingAway, reasonGoingAway)
+		}
+	} else {
+		e.mu.Unlock()
+	}
+	e.wg.Wait() // every invocation has returned or timed out
+	return e.awaitHandlers()
+}
+
+// awaitHandlers waits, for at most closeGrace, until every call of the
+// Handler has returned.
+func (e *Emulator) awaitHandlers() error {
+	e.mu.Lock()
+	if e.running == 0 {
+		e.mu.Unlock()
 		return nil
 	}
-	e.closed = true
-	cs := make([]*conn, 0, len(e.conns))
-	for _, c := range e.conns {
-		cs = append(cs, c)
+	if e.drained == nil {
+		e.drained = make(chan struct{})
 	}
+	drained := e.drained
 	e.mu.Unlock()
-	for _, c := range cs {
-		c.shutdown(closeGoingAway, reasonGoingAway)
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-drained:
+		return nil
+	case <-t.C:
 	}
-	e.wg.Wait()
-	return nil
+	e.mu.Lock()
+	n := e.running
+	e.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("emulator: closed, abandoning %d invocation(s) of the Handler still running %v after their InvokeTimeout (%v)",
+		n, closeGrace, e.opts.InvokeTimeout)
+}
+
+// handlerReturned records that a call of the Handler has returned.
+func (e *Emulator) handlerReturned() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.running--
+	if e.running == 0 && e.drained != nil {
+		close(e.drained)
+		e.drained = nil
+	}
 }
 
 // begin registers work that Close must wait for; false means the Emulator is
@@ -321,9 +412,11 @@ func (e *Emulator) invoke(event any) (events.APIGatewayProxyResponse, error) {
 		err error
 	}
 	done := make(chan result, 1)
-	e.wg.Add(1) // the caller holds a count, so Close is still waiting
+	e.mu.Lock()
+	e.running++ // Close waits for the call, within bounds
+	e.mu.Unlock()
 	go func() {
-		defer e.wg.Done()
+		defer e.handlerReturned()
 		var res result
 		func() {
 			defer func() {
@@ -334,6 +427,10 @@ func (e *Emulator) invoke(event any) (events.APIGatewayProxyResponse, error) {
 			if e.serial != nil {
 				e.serial.Lock()
 				defer e.serial.Unlock()
+				if err := ctx.Err(); err != nil {
+					res.err = err // timed out waiting for the previous invocation
+					return
+				}
 			}
 			res.out, res.err = e.opts.Handler.Invoke(ctx, payload)
 			res.out = bytes.Clone(res.out)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/apigatewaymanagementapi"
 	"github.com/coder/websocket"
 
 	"github.com/edgesync/edgesync/apigw/emulator"
@@ -275,7 +278,7 @@ func TestRouteSelection(t *testing.T) {
 		}
 		return resp, nil
 	}
-	f := start(t, emulator.Options{Routes: []string{"sendmessage", "join"}}, reply)
+	f := start(t, emulator.Options{Routes: []string{"sendmessage", "join"}, RouteResponses: []string{"sendmessage", "join", "$default"}}, reply)
 	c, _ := f.dial(t, "", nil)
 	for _, tc := range []struct{ body, route string }{
 		{`{"action":"sendmessage","data":1}`, "sendmessage"},
@@ -304,7 +307,7 @@ func TestRouteSelection(t *testing.T) {
 		t.Errorf("client received %q after a message answered without a body", got)
 	}
 
-	g := start(t, emulator.Options{RouteSelectionExpression: "$request.body.meta.kind", Routes: []string{"x"}}, reply)
+	g := start(t, emulator.Options{RouteSelectionExpression: "$request.body.meta.kind", Routes: []string{"x"}, RouteResponses: []string{"x", "$default"}}, reply)
 	c2, _ := g.dial(t, "", nil)
 	send(t, c2, `{"meta":{"kind":"x"}}`)
 	if _, got := read(t, c2); got != `x {"meta":{"kind":"x"}}` {
@@ -318,6 +321,63 @@ func TestRouteSelection(t *testing.T) {
 	for _, expr := range []string{"$request.header.x", "action", "$request.body.", "$request.body.a..b"} {
 		if _, err := emulator.New(emulator.Options{Handler: recorder{}, RouteSelectionExpression: expr}); err == nil {
 			t.Errorf("New accepted route selection expression %q", expr)
+		}
+	}
+}
+
+func TestRouteResponses(t *testing.T) {
+	reply := func(ctx context.Context, ev events.APIGatewayWebsocketProxyRequest) (events.APIGatewayProxyResponse, error) {
+		if ev.RequestContext.EventType != "MESSAGE" {
+			return events.APIGatewayProxyResponse{StatusCode: 200}, nil
+		}
+		return events.APIGatewayProxyResponse{StatusCode: 400, Body: "answer on " + ev.RequestContext.RouteKey}, nil
+	}
+	dropped := "emulator: response body dropped: the route has no route response"
+
+	t.Run("one-way by default", func(t *testing.T) {
+		logs := make(logRecords, 64)
+		f := start(t, emulator.Options{Routes: []string{"join"}, Logger: slog.New(logs)}, reply)
+		c, conn := f.dial(t, "", nil)
+		for _, tc := range []struct{ body, route string }{{`{"action":"join"}`, "join"}, {"hello", "$default"}} {
+			send(t, c, tc.body)
+			if a := awaitLog(t, logs, dropped); a["route"] != tc.route || a["body"] != "answer on "+tc.route || a["status"] != "400" {
+				t.Errorf("%s: logged %v", tc.body, a)
+			}
+		}
+		// The client received neither answer: the first frame it gets is
+		// a post made after both were dropped.
+		if _, err := f.client(f.endpoint).PostToConnection(context.Background(), &apigatewaymanagementapi.PostToConnectionInput{
+			ConnectionId: aws.String(conn.id()), Data: []byte("posted"),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, got := read(t, c); got != "posted" {
+			t.Errorf("client received %q, want only the post", got)
+		}
+	})
+
+	t.Run("two-way routes", func(t *testing.T) {
+		logs := make(logRecords, 64)
+		f := start(t, emulator.Options{Routes: []string{"join", "leave"}, RouteResponses: []string{"join"}, Logger: slog.New(logs)}, reply)
+		c, _ := f.dial(t, "", nil)
+		send(t, c, `{"action":"leave"}`)
+		awaitLog(t, logs, dropped)
+		send(t, c, `{"action":"join"}`)
+		if _, got := read(t, c); got != "answer on join" {
+			t.Errorf("client received %q, want the answer on the two-way route", got)
+		}
+
+		g := start(t, emulator.Options{RouteResponses: []string{"$default"}}, reply)
+		c2, _ := g.dial(t, "", nil)
+		send(t, c2, "hello")
+		if _, got := read(t, c2); got != "answer on $default" {
+			t.Errorf("client received %q with a $default route response", got)
+		}
+	})
+
+	for _, keys := range [][]string{{"other"}, {"$connect"}, {""}} {
+		if _, err := emulator.New(emulator.Options{Handler: recorder{}, Routes: []string{"join"}, RouteResponses: keys}); err == nil {
+			t.Errorf("New accepted route responses %q", keys)
 		}
 	}
 }
@@ -357,7 +417,7 @@ func (h rawHandler) Invoke(ctx context.Context, payload []byte) ([]byte, error) 
 }
 
 func TestMalformedResponse(t *testing.T) {
-	f := start(t, emulator.Options{Handler: rawHandler(func(ctx context.Context, payload []byte) ([]byte, error) {
+	f := start(t, emulator.Options{RouteResponses: []string{"$default"}, Handler: rawHandler(func(ctx context.Context, payload []byte) ([]byte, error) {
 		var ev events.APIGatewayWebsocketProxyRequest
 		_ = json.Unmarshal(payload, &ev)
 		switch ev.Body {
@@ -531,5 +591,46 @@ func TestDisconnectCodes(t *testing.T) {
 	}
 	if len(f.em.Connections()) != 0 {
 		t.Errorf("connections left after Close: %v", f.em.Connections())
+	}
+}
+
+func TestCloseAbandonsStuckInvocations(t *testing.T) {
+	release := make(chan struct{})
+	f := start(t, emulator.Options{InvokeTimeout: 100 * time.Millisecond}, func(ctx context.Context, ev events.APIGatewayWebsocketProxyRequest) (events.APIGatewayProxyResponse, error) {
+		if ev.Body == "stuck" {
+			<-release // ignoring ctx
+		}
+		return events.APIGatewayProxyResponse{StatusCode: 200}, nil
+	})
+	c, conn := f.dial(t, "", nil)
+	send(t, c, "stuck")
+	if _, got := read(t, c); !strings.HasPrefix(got, `{"message": "Internal server error"`) {
+		t.Fatalf("client received %q, want the integration timeout's error frame", got)
+	}
+
+	code := make(chan websocket.StatusCode, 1)
+	go func() { // the client answers the close
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		_, _, err := c.Read(ctx)
+		code <- websocket.CloseStatus(err)
+	}()
+	start := time.Now()
+	err := f.em.Close()
+	if err == nil || !strings.Contains(err.Error(), "abandoning 1 invocation") {
+		t.Errorf("Close: %v, want it to report the abandoned invocation", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close took %v", d)
+	}
+	// The connection was closed and its $disconnect invoked all the same.
+	if code := testenv.Recv(t, code, wait, "the client's close"); code != websocket.StatusGoingAway {
+		t.Errorf("client closed with %v", code)
+	}
+	awaitDisconnect(t, f, conn.id())
+
+	close(release)
+	if err := f.em.Close(); err != nil {
+		t.Errorf("Close once the invocation returned: %v", err)
 	}
 }

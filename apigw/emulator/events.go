@@ -73,7 +73,7 @@ const isoLayout = "2006-01-02T15:04:05.000Z"
 // of c, with a fresh request id.
 func (c *conn) requestContext(routeKey, eventType string, now time.Time) events.APIGatewayWebsocketProxyRequestContext {
 	rid := newID()
-	return events.APIGatewayWebsocketProxyRequestContext{
+	rc := events.APIGatewayWebsocketProxyRequestContext{
 		RouteKey:          routeKey,
 		EventType:         eventType,
 		ExtendedRequestID: rid,
@@ -91,6 +91,10 @@ func (c *conn) requestContext(routeKey, eventType string, now time.Time) events.
 		ConnectionID: c.id,
 		APIID:        c.e.opts.APIID,
 	}
+	if c.authorizer != nil { // never a nil map, which would be "authorizer": null
+		rc.Authorizer = c.authorizer
+	}
+	return rc
 }
 
 // connectEvent returns the $connect event for the upgrade request r.

@@ -24,11 +24,15 @@ func Example() {
 	echo := func(ctx context.Context, ev events.APIGatewayWebsocketProxyRequest) (events.APIGatewayProxyResponse, error) {
 		resp := events.APIGatewayProxyResponse{StatusCode: 200}
 		if ev.RequestContext.RouteKey == "echo" {
-			resp.Body = ev.Body // sent back to the client
+			resp.Body = ev.Body // sent back: the route has a route response
 		}
 		return resp, nil
 	}
-	em, err := emulator.New(emulator.Options{Handler: emulator.NewHandler(echo), Routes: []string{"echo"}})
+	em, err := emulator.New(emulator.Options{
+		Handler:        emulator.NewHandler(echo),
+		Routes:         []string{"echo"},
+		RouteResponses: []string{"echo"},
+	})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package emulator_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -189,5 +190,40 @@ func getJSON(t *testing.T, client *http.Client, url string, v any) {
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// logRecords is a slog.Handler that sends every record, of any level, to a
+// channel.
+type logRecords chan slog.Record
+
+func (logRecords) Enabled(context.Context, slog.Level) bool { return true }
+
+func (l logRecords) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case l <- r.Clone():
+	default:
+	}
+	return nil
+}
+
+func (l logRecords) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l logRecords) WithGroup(string) slog.Handler      { return l }
+
+// awaitLog returns the attributes of the next record logged with message
+// msg.
+func awaitLog(t *testing.T, l logRecords, msg string) map[string]string {
+	t.Helper()
+	for {
+		r := testenv.Recv(t, l, wait, "the log line "+msg)
+		if r.Message != msg {
+			continue
+		}
+		attrs := map[string]string{}
+		r.Attrs(func(a slog.Attr) bool {
+			attrs[a.Key] = a.Value.String()
+			return true
+		})
+		return attrs
 	}
 }

@@ -270,7 +270,9 @@ func (r *Runtime) ColdStarts() []time.Duration {
 // Invoke runs one invocation of the function with payload, on the first
 // process that is idle, waiting for one as long as ctx allows. It returns
 // the function's response, a *FunctionError if the function reported an
-// error, or an error if its process crashed or failed to start.
+// error, or an error if its process crashed or failed to start; the error
+// of a process that exited wraps the *exec.ExitError of its exit (see
+// errors.As), unless it exited with status 0.
 func (r *Runtime) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 	deadline := time.Now().Add(r.opts.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -377,11 +379,12 @@ func (p *proc) run() {
 				}
 				return
 			}
-			cause := fmt.Errorf("emulator: function process exited: %v", exitStatus(werr))
+			exit := exitError(werr)
+			cause := fmt.Errorf("emulator: function process exited: %w", exit)
 			if initErr != nil {
-				cause = fmt.Errorf("emulator: function init failed (%w), and its process exited: %v", initErr, exitStatus(werr))
+				cause = fmt.Errorf("emulator: function init failed (%w), and its process exited: %w", initErr, exit)
 			} else if !ready {
-				cause = fmt.Errorf("emulator: function process exited during init: %v", exitStatus(werr))
+				cause = fmt.Errorf("emulator: function process exited during init: %w", exit)
 			}
 			r.log.Error("emulator: function process exited", "proc", p.n, "err", cause)
 			if inv != nil {
@@ -412,11 +415,14 @@ func (p *proc) failWaiting(err error) {
 	}
 }
 
-func exitStatus(err error) string {
+// exitError is the error of a process's exit, as exec.Cmd.Wait returned
+// it (an *exec.ExitError when it exited with a non-zero status or was
+// killed), or one saying it exited with status 0.
+func exitError(err error) error {
 	if err == nil {
-		return "exit status 0"
+		return errors.New("exit status 0")
 	}
-	return err.Error()
+	return err
 }
 
 // ServeHTTP serves the Lambda Runtime API to one process.

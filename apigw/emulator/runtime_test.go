@@ -163,8 +163,13 @@ func TestRuntime(t *testing.T) {
 	})
 
 	t.Run("crash and restart", func(t *testing.T) {
-		if _, err := invoke(t, rt, `{"op":"crash"}`); err == nil || !strings.Contains(err.Error(), "function process exited: exit status 3") {
+		_, err := invoke(t, rt, `{"op":"crash"}`)
+		if err == nil || !strings.Contains(err.Error(), "function process exited: exit status 3") {
 			t.Errorf("crash: %v", err)
+		}
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+			t.Errorf("crash: %v does not wrap the process's exit status 3", err)
 		}
 		// All three processes serve again, the crashed one restarted.
 		for range 4 {
@@ -190,15 +195,22 @@ func TestRuntimeTimeout(t *testing.T) {
 
 func TestRuntimeInitFailure(t *testing.T) {
 	bin := buildFunction(t)
-	for init, want := range map[string]string{
-		"crash": "function process exited during init: exit status 4",
-		"error": "function init failed (function error: InitError: missing configuration)",
+	for init, want := range map[string]struct {
+		msg  string
+		code int
+	}{
+		"crash": {"function process exited during init: exit status 4", 4},
+		"error": {"function init failed (function error: InitError: missing configuration), and its process exited: exit status 1", 1},
 	} {
 		t.Run(init, func(t *testing.T) {
 			rt := newRuntime(t, emulator.RuntimeOptions{Command: []string{bin}, Env: []string{"FN_INIT=" + init}})
 			_, err := invoke(t, rt, `{"op":"echo"}`)
-			if err == nil || !strings.Contains(err.Error(), want) {
-				t.Errorf("invocation: %v, want %q", err, want)
+			if err == nil || !strings.Contains(err.Error(), want.msg) {
+				t.Errorf("invocation: %v, want %q", err, want.msg)
+			}
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != want.code {
+				t.Errorf("invocation: %v does not wrap the process's exit status %d", err, want.code)
 			}
 			var ferr *emulator.FunctionError
 			if init == "error" && !errors.As(err, &ferr) {
@@ -215,7 +227,7 @@ func TestRuntimeBehindEmulator(t *testing.T) {
 	srv := httptest.NewUnstartedServer(nil)
 	endpoint := "http://" + srv.Listener.Addr().String() + "/local"
 	rt := newRuntime(t, emulator.RuntimeOptions{Command: []string{bin}, Procs: 2, Env: []string{"EDGESYNC_APIGW_ENDPOINT=" + endpoint}})
-	em, err := emulator.New(emulator.Options{Handler: rt})
+	em, err := emulator.New(emulator.Options{Handler: rt, RouteResponses: []string{"$default"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,8 @@
 //	-procs N             copies of the function to run (default 1)
 //	-route-selection E   route selection expression (default $request.body.action)
 //	-routes A,B          the API's custom route keys, besides $connect, $disconnect and $default
+//	-route-responses A,B the route keys with a route response ($default may be one): only
+//	                     their integration's answers are sent back to the client
 //	-idle-timeout D      idle connection timeout (default 10m)
 //	-max-duration D      maximum connection duration (default 2h)
 //	-timeout D           the function's timeout (default 30s); API Gateway's integration timeout is 29s

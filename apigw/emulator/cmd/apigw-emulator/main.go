@@ -50,6 +50,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	procs := fs.Int("procs", 1, "copies of the function to run")
 	routeSel := fs.String("route-selection", emulator.DefaultRouteSelectionExpression, "route selection expression")
 	routes := fs.String("routes", "", "comma-separated custom route keys")
+	routeResponses := fs.String("route-responses", "", "comma-separated route keys with a route response ($default may be one)")
 	idle := fs.Duration("idle-timeout", emulator.DefaultIdleTimeout, "idle connection timeout")
 	maxDur := fs.Duration("max-duration", emulator.DefaultMaxDuration, "maximum connection duration")
 	timeout := fs.Duration("timeout", emulator.DefaultTimeout, "the function's timeout")
@@ -114,17 +115,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("function ready", "procs", *procs, "cold_start", cs[0])
 	}
 
-	var custom []string
-	for _, r := range strings.Split(*routes, ",") {
-		if r = strings.TrimSpace(r); r != "" {
-			custom = append(custom, r)
-		}
-	}
 	em, err := emulator.New(emulator.Options{
 		Stage:                    *stage,
 		Handler:                  rt,
 		RouteSelectionExpression: *routeSel,
-		Routes:                   custom,
+		Routes:                   splitList(*routes),
+		RouteResponses:           splitList(*routeResponses),
 		IdleTimeout:              *idle,
 		MaxDuration:              *maxDur,
 		Logger:                   log,
@@ -151,4 +147,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	_ = srv.Shutdown(shutdown)
 	return nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var items []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			items = append(items, s)
+		}
+	}
+	return items
 }

@@ -27,7 +27,7 @@ func TestRun(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := run(ctx, []string{"-addr", "127.0.0.1:0", "-procs", "2", "-routes", "join", "--", bin}, pw, io.Discard)
+		err := run(ctx, []string{"-addr", "127.0.0.1:0", "-procs", "2", "-routes", "join", "-route-responses", "$default", "--", bin}, pw, io.Discard)
 		pw.Close()
 		done <- err
 	}()
@@ -66,6 +66,13 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.CloseNow()
+	// $default has a route response: the function's answer comes back.
+	if err := c.Write(dctx, websocket.MessageText, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := c.Read(dctx); err != nil || string(b) != "echo:hi" {
+		t.Fatalf("read %q, %v", b, err)
+	}
 	// The function posts through EDGESYNC_APIGW_ENDPOINT.
 	if err := c.Write(dctx, websocket.MessageText, []byte("post")); err != nil {
 		t.Fatal(err)

@@ -42,6 +42,13 @@ func startChat(t *testing.T) (url string, opened <-chan edge.Peer) {
 // returns what the hub reported.
 func startChatWith(t *testing.T, cfg config) (string, <-chan edge.Peer, *testenv.ErrorLog) {
 	t.Helper()
+	url, opened, log, _ := startChatHub(t, cfg)
+	return url, opened, log
+}
+
+// startChatHub is startChatWith that also returns the hub.
+func startChatHub(t *testing.T, cfg config) (string, <-chan edge.Peer, *testenv.ErrorLog, *edge.Hub) {
+	t.Helper()
 	log := testenv.NewErrorLog()
 	backplane, hub, err := newHub(context.Background(), cfg, log.OnError)
 	if err != nil {
@@ -66,7 +73,7 @@ func startChatWith(t *testing.T, cfg config) (string, <-chan edge.Peer, *testenv
 		}
 		srv.Close()
 	})
-	return srv.URL, ch, log
+	return srv.URL, ch, log, hub
 }
 
 func dial(t *testing.T, url string, opened <-chan edge.Peer) *websocket.Conn {

@@ -44,10 +44,11 @@
 // (environment, shared files, instance role); the region, when none is
 // configured, from the endpoint's host name. The credentials need
 // execute-api:ManageConnections on the API's stage
-// (arn:aws:execute-api:{region}:{account}:{api-id}/{stage}/*/@connections/*). For an endpoint on a loopback
-// address over http, the local emulator, which takes any credentials, the
-// server uses dummy ones (and region us-east-1) when none are configured,
-// so the commands above work without an AWS account.
+// (arn:aws:execute-api:{region}:{account}:{api-id}/{stage}/*/@connections/*).
+// For an endpoint on a loopback address over http, the local emulator,
+// which takes any credentials, the server uses dummy ones (and region
+// us-east-1) when none are configured, so the commands above work without
+// an AWS account.
 //
 // # The room
 //

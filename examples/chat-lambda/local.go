@@ -36,13 +36,14 @@ func serveLocal(args []string) int {
 	fs.StringVar(&cfg.Postgres, "postgres", cfg.Postgres, "the Registry and backplane on Postgres at this URL (EDGESYNC_POSTGRES_URL)")
 	fs.StringVar(&cfg.Channel, "channel", cfg.Channel, "channel the instances of one chat share (EDGESYNC_CHANNEL)")
 	fs.StringVar(&cfg.Secret, "secret", cfg.Secret, "sign the backplane with these comma-separated `keys` (EDGESYNC_SECRET)")
+	name := fs.String("name", instanceName(os.Getenv), "the instance name the room shows for the clients (EDGESYNC_INSTANCE_NAME)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	if err := runLocal(*addr, cfg); err != nil {
+	if err := runLocal(*addr, cfg, *name); err != nil {
 		slog.Error("chat-lambda", "err", err)
 		return 1
 	}
@@ -57,15 +58,16 @@ type local struct {
 	addr    string
 }
 
-// newLocal builds the chat under the emulator for the listener at addr.
-func newLocal(ctx context.Context, addr string, cfg chatroom.Config) (*local, error) {
+// newLocal builds the chat under the emulator for the listener at addr;
+// name is the instance name of its clients.
+func newLocal(ctx context.Context, addr string, cfg chatroom.Config, name string) (*local, error) {
 	endpoint := "http://" + addr + "/" + stage
 	// The emulator takes any credentials; the SDK needs some to sign with.
 	awsConfig := &aws.Config{
 		Region:      cmp.Or(os.Getenv("AWS_REGION"), "us-east-1"),
 		Credentials: credentials.NewStaticCredentialsProvider("local", "local", ""),
 	}
-	fn, err := newFunction(ctx, cfg, endpoint, awsConfig)
+	fn, err := newFunction(ctx, cfg, name, endpoint, awsConfig)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +90,7 @@ func (l *local) Close() error {
 	return err
 }
 
-func runLocal(addr string, cfg chatroom.Config) error {
+func runLocal(addr string, cfg chatroom.Config, name string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ln, err := net.Listen("tcp", addr)
@@ -96,7 +98,7 @@ func runLocal(addr string, cfg chatroom.Config) error {
 		return err
 	}
 	defer ln.Close()
-	l, err := newLocal(ctx, loopback(ln.Addr()), cfg)
+	l, err := newLocal(ctx, loopback(ln.Addr()), cfg, name)
 	if err != nil {
 		return err
 	}

@@ -8,14 +8,23 @@
 // it: EDGESYNC_CHANNEL, EDGESYNC_REDIS_URL or EDGESYNC_POSTGRES_URL (the
 // Registry of connections and the backplane; neither keeps the Registry in
 // memory, which only one warm Lambda instance can use), EDGESYNC_SECRET,
-// and EDGESYNC_APIGW_ENDPOINT (the management endpoint; without it the
-// handler learns it from the first event).
+// EDGESYNC_APIGW_ENDPOINT (the management endpoint; without it the
+// handler learns it from the first event) and EDGESYNC_INSTANCE_NAME (the
+// instance name the room shows for its clients, "lambda" by default).
+//
+// The room is examples/chat's, with its commands (who, hello, dm) and its
+// join and leave notices (see package examples/internal/chatroom). On Redis
+// and Postgres the function lists, besides the connections API Gateway
+// holds, the clients of the long-lived servers on the same channel, which
+// record them in the backplane's presence Registry; it records nothing
+// itself, holding no client in memory. A direct message to a client of a
+// long-lived server goes through the backplane.
 //
 // Elsewhere it serves itself under the local API Gateway emulator
 // (apigw/emulator): the page at http://localhost:8081/, the WebSocket API
 // at ws://localhost:8081/local and its management API beside it.
 //
-//	go run ./examples/chat-lambda [-addr :8081] [-redis URL | -postgres URL]
+//	go run ./examples/chat-lambda [-addr :8081] [-redis URL | -postgres URL] [-name NAME]
 //
 // The flags default to the environment variables above.
 package main
@@ -43,7 +52,7 @@ func main() {
 	// Made once per cold start, reused by every invocation.
 	// The management endpoint comes from EDGESYNC_APIGW_ENDPOINT, or
 	// from the first event.
-	fn, err := newFunction(context.Background(), configFromEnv(os.Getenv), "", nil)
+	fn, err := newFunction(context.Background(), configFromEnv(os.Getenv), instanceName(os.Getenv), "", nil)
 	if err != nil {
 		slog.Error("chat-lambda", "err", err)
 		os.Exit(1)
@@ -61,6 +70,12 @@ func configFromEnv(getenv func(string) string) chatroom.Config {
 	}
 }
 
+// instanceName is the instance name the room shows for the function's
+// clients: EDGESYNC_INSTANCE_NAME, or "lambda".
+func instanceName(getenv func(string) string) string {
+	return cmp.Or(getenv("EDGESYNC_INSTANCE_NAME"), "lambda")
+}
+
 // function is the chat as one Lambda instance holds it: a publish-only hub
 // on the backplane, the Registry and the Gateway.
 type function struct {
@@ -69,10 +84,11 @@ type function struct {
 	handler   *apigw.Handler
 }
 
-// newFunction builds the chat's handler. endpoint is the management
-// endpoint ("" learns it from the first event); awsConfig nil loads the
-// default AWS configuration from the environment.
-func newFunction(ctx context.Context, cfg chatroom.Config, endpoint string, awsConfig *aws.Config) (*function, error) {
+// newFunction builds the chat's handler; name is the instance name of its
+// clients. endpoint is the management endpoint ("" learns it from the first
+// event); awsConfig nil loads the default AWS configuration from the
+// environment.
+func newFunction(ctx context.Context, cfg chatroom.Config, name, endpoint string, awsConfig *aws.Config) (*function, error) {
 	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
@@ -89,12 +105,14 @@ func newFunction(ctx context.Context, cfg chatroom.Config, endpoint string, awsC
 		backplane.Close()
 		return nil, err
 	}
-	hub, err := edge.New(edge.Options{Sync: backplane.Sync, PublishOnly: true, Gateway: gw})
+	// The hub lists the peers the long-lived instances record in Presence;
+	// holding none in memory, it records none.
+	hub, err := edge.New(edge.Options{Sync: backplane.Sync, PublishOnly: true, Gateway: gw, Presence: backplane.Presence})
 	if err != nil {
 		backplane.Close()
 		return nil, fmt.Errorf("start hub: %w", err)
 	}
-	return &function{backplane: backplane, hub: hub, handler: apigw.NewHandler(hub, chatroom.Hooks(), reg, gw)}, nil
+	return &function{backplane: backplane, hub: hub, handler: apigw.NewHandler(hub, chatroom.Hooks(hub, name), reg, gw)}, nil
 }
 
 // Close closes the hub, then the backplane's clients.

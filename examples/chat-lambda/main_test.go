@@ -25,7 +25,7 @@ func startLocal(t *testing.T, cfg chatroom.Config) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := newLocal(context.Background(), ln.Addr().String(), cfg)
+	l, err := newLocal(context.Background(), ln.Addr().String(), cfg, "lambda")
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
@@ -116,7 +116,7 @@ func TestPageConnectsToTheStage(t *testing.T) {
 }
 
 func TestTwoBackplanesRefused(t *testing.T) {
-	if _, err := newFunction(context.Background(), chatroom.Config{Redis: "redis://x", Postgres: "postgres://y"}, "", nil); err == nil {
+	if _, err := newFunction(context.Background(), chatroom.Config{Redis: "redis://x", Postgres: "postgres://y"}, "lambda", "", nil); err == nil {
 		t.Fatal("two backplanes accepted")
 	}
 }

@@ -26,6 +26,46 @@
 //
 //	EDGESYNC_SECRET=$(openssl rand -hex 32) go run ./examples/chat -redis redis://127.0.0.1:6379/0
 //
+// # One cluster with API Gateway
+//
+// With -apigw-endpoint URL (or EDGESYNC_APIGW_ENDPOINT), the server joins
+// the clients of examples/chat-lambda behind an API Gateway WebSocket API:
+// it uses the Registry of connections of its -redis or -postgres backplane
+// (one of them is required; give it the same URL and -channel as the
+// function), posts what its own clients send to the connections API
+// Gateway holds, and reaches them with direct messages. URL is the API's
+// management endpoint, https://{api-id}.execute-api.{region}.amazonaws.com/{stage},
+// as the SAM template's outputs give it, or the emulator's:
+//
+//	go run ./examples/chat-lambda -addr :8081 -redis redis://127.0.0.1:6379/0
+//	go run ./examples/chat -addr :8080 -redis redis://127.0.0.1:6379/0 -apigw-endpoint http://localhost:8081/local
+//
+// The AWS credentials and region come from the SDK's default chain
+// (environment, shared files, instance role); the region, when none is
+// configured, from the endpoint's host name. The credentials need
+// execute-api:ManageConnections on the API's stage
+// (arn:aws:execute-api:{region}:{account}:{api-id}/{stage}/*/@connections/*).
+// For an endpoint on a loopback address over http, the local emulator,
+// which takes any credentials, the server uses dummy ones (and region
+// us-east-1) when none are configured, so the commands above work without
+// an AWS account.
+//
+// # The room
+//
+// A client may connect with user=NAME, room=NAME and events=1 in its query
+// string (see package examples/internal/chatroom): each room is a
+// namespace of its own; with events=1 it receives join and leave notices;
+// and it may ask who is in the room ({"type":"who"}) and send one person a
+// direct message ({"type":"dm"}), on whichever instance they are. Each peer
+// carries the name of its instance: -name NAME (or EDGESYNC_INSTANCE_NAME),
+// by default "vm " and the listen address. Instances record their clients
+// in the backplane's presence Registry, every third of -presence-ttl D (or
+// EDGESYNC_PRESENCE_TTL, default 15s): the clients of an instance that died
+// drop out of who within D. With -cluster or no backplane, who lists this
+// instance's clients only.
+//
+// # Stopping
+//
 // SIGINT (Ctrl-C) or SIGTERM stops the server: it stops listening, sends
 // every WebSocket client 1001 Going Away at once, and exits when they have
 // gone, within ten seconds at most. A second signal ends it at once.
@@ -41,6 +81,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"sync"
@@ -55,14 +96,21 @@ import (
 // shutdownTimeout bounds the graceful shutdown.
 const shutdownTimeout = 10 * time.Second
 
+// minPresenceTTL is the shortest -presence-ttl: records are written every
+// third of it.
+const minPresenceTTL = 100 * time.Millisecond
+
 // config is what the command line and the environment choose.
 type config struct {
-	addr     string
-	redis    string // Redis URL
-	postgres string // Postgres connection string
-	cluster  string // Unix socket path
-	channel  string
-	secret   string // comma-separated signing keys, the first signs
+	addr        string
+	redis       string // Redis URL
+	postgres    string // Postgres connection string
+	cluster     string // Unix socket path
+	channel     string
+	secret      string        // comma-separated signing keys, the first signs
+	apigw       string        // API Gateway management endpoint, "" for none
+	name        string        // the instance attribute, "" for "vm " and the listen address
+	presenceTTL time.Duration // 0 means edge.DefaultPresenceTTL
 }
 
 func main() {
@@ -91,9 +139,14 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 
 Serves a chat room at http://ADDR/ and its WebSocket endpoint at /_ws.
 With -redis, -postgres or -cluster (one at most), instances on the same
-channel form one room. The backplane flags and -channel default to
-EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL, EDGESYNC_CLUSTER_SOCKET and
-EDGESYNC_CHANNEL. SIGINT or SIGTERM stops the server.
+channel form one room. With -apigw-endpoint and -redis or -postgres, the
+clients of examples/chat-lambda behind that API Gateway WebSocket API are
+in the room too (AWS credentials from the default chain; dummy ones for
+a local emulator at a loopback http URL when none are configured).
+The flags default to environment variables: EDGESYNC_REDIS_URL,
+EDGESYNC_POSTGRES_URL, EDGESYNC_CLUSTER_SOCKET, EDGESYNC_CHANNEL,
+EDGESYNC_SECRET, EDGESYNC_APIGW_ENDPOINT, EDGESYNC_INSTANCE_NAME and
+EDGESYNC_PRESENCE_TTL. SIGINT or SIGTERM stops the server.
 
 Flags:
 `)
@@ -105,8 +158,23 @@ Flags:
 	fs.StringVar(&cfg.cluster, "cluster", getenv("EDGESYNC_CLUSTER_SOCKET"), "relay between processes on this host over this Unix socket")
 	fs.StringVar(&cfg.channel, "channel", cmp.Or(getenv("EDGESYNC_CHANNEL"), "edgesync-chat"), "channel the servers of one chat share")
 	fs.StringVar(&cfg.secret, "secret", getenv("EDGESYNC_SECRET"), "sign the backplane with these comma-separated `keys`: the first signs, any is accepted (rotate with \"new,old\", then \"new\")")
+	fs.StringVar(&cfg.apigw, "apigw-endpoint", getenv("EDGESYNC_APIGW_ENDPOINT"), "post to the connections of the API Gateway WebSocket API with this management endpoint `URL` (needs -redis or -postgres)")
+	fs.StringVar(&cfg.name, "name", getenv("EDGESYNC_INSTANCE_NAME"), "the instance name the room shows for this server's clients (default \"vm \" and the listen address)")
+	ttl, ttlErr := envDuration(getenv, "EDGESYNC_PRESENCE_TTL", edge.DefaultPresenceTTL)
+	fs.DurationVar(&cfg.presenceTTL, "presence-ttl", ttl, "how long the room lists the clients of a server that died")
+	fail := func(err error) (config, error) {
+		fmt.Fprintln(fs.Output(), err)
+		fs.Usage()
+		return config{}, err
+	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
+	}
+	if ttlErr != nil && !flagSet(fs, "presence-ttl") {
+		return fail(ttlErr)
+	}
+	if cfg.presenceTTL < minPresenceTTL {
+		return fail(fmt.Errorf("-presence-ttl %v: want %v or more", cfg.presenceTTL, minPresenceTTL))
 	}
 	chosen := 0
 	for _, v := range []string{cfg.redis, cfg.postgres, cfg.cluster} {
@@ -115,12 +183,51 @@ Flags:
 		}
 	}
 	if chosen > 1 {
-		err := errors.New("choose one backplane: -redis, -postgres or -cluster")
-		fmt.Fprintln(fs.Output(), err)
-		fs.Usage()
-		return config{}, err
+		return fail(errors.New("choose one backplane: -redis, -postgres or -cluster"))
+	}
+	if cfg.apigw != "" {
+		if err := checkEndpoint(cfg.apigw); err != nil {
+			return fail(err)
+		}
+		if cfg.redis == "" && cfg.postgres == "" {
+			return fail(errors.New("-apigw-endpoint needs the Registry of a -redis or -postgres backplane"))
+		}
 	}
 	return cfg, nil
+}
+
+// envDuration returns the duration in the environment variable key, def
+// when it is empty.
+func envDuration(getenv func(string) string, key string, def time.Duration) (time.Duration, error) {
+	v := getenv(key)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return def, fmt.Errorf("%s: %w", key, err)
+	}
+	return d, nil
+}
+
+// flagSet reports whether the command line set the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// checkEndpoint returns an error for a management endpoint that is not an
+// http or https URL with a host.
+func checkEndpoint(endpoint string) error {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return fmt.Errorf("-apigw-endpoint: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("-apigw-endpoint %q: want an http or https URL, https://{api-id}.execute-api.{region}.amazonaws.com/{stage}", endpoint)
+	}
+	return nil
 }
 
 // run serves the chat until SIGINT or SIGTERM, then shuts down: it stops
@@ -131,21 +238,19 @@ func run(cfg config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	backplane, release, err := newSync(cfg)
-	if err != nil {
-		return err
-	}
-	defer release()
-	hub, err := edge.New(edge.Options{Sync: backplane})
-	if err != nil {
-		return fmt.Errorf("start hub: %w", err)
-	}
-	defer hub.Close() // after the front end: whoever makes the hub closes it
-	ws := longlived.New(hub, chatHooks())
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return err
 	}
+	defer ln.Close()
+	backplane, hub, err := newHub(ctx, cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer backplane.Close()
+	defer hub.Close() // after the front end: whoever makes the hub closes it
+	name := cmp.Or(cfg.name, instanceName(ln.Addr()))
+	ws := longlived.New(hub, chatroom.Hooks(hub, name))
 	srv := &http.Server{Handler: newServer(ws), ReadHeaderTimeout: 10 * time.Second}
 	// Browsers open connections ahead of need; one that never sent a
 	// request would hold Shutdown for five seconds, the time net/http
@@ -156,7 +261,8 @@ func run(cfg config) error {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	slog.Info("chat listening", "addr", ln.Addr().String(), "backplane", backplaneName(cfg), "channel", cfg.channel)
+	slog.Info("chat listening", "addr", ln.Addr().String(), "backplane", backplaneName(cfg), "channel", cfg.channel,
+		"name", name, "apigw-endpoint", cmp.Or(cfg.apigw, "none"))
 
 	select {
 	case err = <-served: // the listener failed
@@ -224,22 +330,49 @@ func (f *freshConns) closeAll() {
 	clear(f.conns)
 }
 
-// newSync returns the Sync that relays messages between the instances of
-// the chat server, and a function that releases what it opened. A nil Sync
-// keeps this instance alone: it delivers to its own clients only.
-func newSync(cfg config) (edge.Sync, func(), error) {
-	b, err := chatroom.Open(context.Background(), chatroom.Config{
+// newHub opens the backplane cfg chooses and starts the hub on it: with its
+// presence Registry, and with an apigw.Gateway on its Registry when cfg
+// has an API Gateway endpoint. onError nil logs the hub's errors.
+func newHub(ctx context.Context, cfg config, onError func(error, edge.ErrorInfo)) (*chatroom.Backplane, *edge.Hub, error) {
+	backplane, err := chatroom.Open(ctx, chatroom.Config{
 		Redis: cfg.redis, Postgres: cfg.postgres, Cluster: cfg.cluster, Channel: cfg.channel, Secret: cfg.secret,
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	return b.Sync, b.Close, nil
+	opts := edge.Options{Sync: backplane.Sync, Presence: backplane.Presence, PresenceTTL: cfg.presenceTTL, OnError: onError}
+	if cfg.apigw != "" {
+		gw, err := newGateway(ctx, cfg.apigw, backplane.Registry)
+		if err != nil {
+			backplane.Close()
+			return nil, nil, err
+		}
+		opts.Gateway = gw
+	}
+	hub, err := edge.New(opts)
+	if err != nil {
+		backplane.Close()
+		return nil, nil, fmt.Errorf("start hub: %w", err)
+	}
+	return backplane, hub, nil
 }
 
-// signingKeys returns the keys of -secret, a comma-separated list, or nil
-// when it is empty.
-func signingKeys(secret string) ([][]byte, error) { return chatroom.SigningKeys(secret) }
+// instanceName is the default instance attribute of a server listening at
+// addr: "vm " and the address, with the host name for an address that
+// listens on every interface.
+func instanceName(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "vm " + addr.String()
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+		if h, err := os.Hostname(); err == nil && h != "" {
+			host = h
+		}
+	}
+	return "vm " + net.JoinHostPort(host, port)
+}
 
 func backplaneName(cfg config) string {
 	switch {
@@ -252,9 +385,6 @@ func backplaneName(cfg config) string {
 	}
 	return "none (in memory, this process only)"
 }
-
-// chatHooks are the chat room's hooks, the same as examples/chat-lambda's.
-func chatHooks() edge.Hooks { return chatroom.Hooks() }
 
 // newServer routes the page and the WebSocket endpoint.
 func newServer(ws http.Handler) http.Handler {

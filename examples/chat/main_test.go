@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/examples/internal/chatroom"
 	"github.com/edgesync/edgesync/internal/testenv"
 	"github.com/edgesync/edgesync/longlived"
 )
@@ -40,18 +42,21 @@ func startChat(t *testing.T) (url string, opened <-chan edge.Peer) {
 // returns what the hub reported.
 func startChatWith(t *testing.T, cfg config) (string, <-chan edge.Peer, *testenv.ErrorLog) {
 	t.Helper()
-	backplane, release, err := newSync(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(release)
+	url, opened, log, _ := startChatHub(t, cfg)
+	return url, opened, log
+}
+
+// startChatHub is startChatWith that also returns the hub.
+func startChatHub(t *testing.T, cfg config) (string, <-chan edge.Peer, *testenv.ErrorLog, *edge.Hub) {
+	t.Helper()
 	log := testenv.NewErrorLog()
-	hub, err := edge.New(edge.Options{Sync: backplane, OnError: log.OnError})
+	backplane, hub, err := newHub(context.Background(), cfg, log.OnError)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(backplane.Close)
 	t.Cleanup(func() { hub.Close() })
-	hooks := chatHooks()
+	hooks := chatroom.Hooks(hub, cmp.Or(cfg.name, "vm test"))
 	open := hooks.Open
 	ch := make(chan edge.Peer, 8)
 	hooks.Open = func(p edge.Peer) {
@@ -68,7 +73,7 @@ func startChatWith(t *testing.T, cfg config) (string, <-chan edge.Peer, *testenv
 		}
 		srv.Close()
 	})
-	return srv.URL, ch, log
+	return srv.URL, ch, log, hub
 }
 
 func dial(t *testing.T, url string, opened <-chan edge.Peer) *websocket.Conn {
@@ -212,7 +217,7 @@ var listening = regexp.MustCompile(`chat listening addr=(\S+)`)
 func startProcess(t *testing.T) (cmd *exec.Cmd, addr string, exited <-chan error) {
 	t.Helper()
 	cmd = exec.Command(binary(t), "-addr", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL=", "EDGESYNC_CLUSTER_SOCKET=")
+	cmd.Env = append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL=", "EDGESYNC_CLUSTER_SOCKET=", "EDGESYNC_APIGW_ENDPOINT=")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/envelope"
+	"github.com/edgesync/edgesync/examples/internal/chatroom"
 	"github.com/edgesync/edgesync/internal/testenv"
 )
 
@@ -23,14 +25,14 @@ func TestSecretConfig(t *testing.T) {
 	if err != nil || cfg.secret != "other" {
 		t.Fatalf("-secret overrides EDGESYNC_SECRET: %+v, %v", cfg, err)
 	}
-	keys, err := signingKeys("new,old")
+	keys, err := chatroom.SigningKeys("new,old")
 	if err != nil || !slices.EqualFunc(keys, [][]byte{[]byte("new"), []byte("old")}, slices.Equal) {
-		t.Fatalf("signingKeys(new,old) = %q, %v", keys, err)
+		t.Fatalf("chatroom.SigningKeys(new,old) = %q, %v", keys, err)
 	}
-	if keys, err := signingKeys(""); keys != nil || err != nil {
-		t.Fatalf("signingKeys(\"\") = %q, %v; want none", keys, err)
+	if keys, err := chatroom.SigningKeys(""); keys != nil || err != nil {
+		t.Fatalf("chatroom.SigningKeys(\"\") = %q, %v; want none", keys, err)
 	}
-	if _, _, err := newSync(config{cluster: "/nonexistent/s", secret: "a,,b"}); err == nil {
+	if _, _, err := newHub(context.Background(), config{cluster: "/nonexistent/s", secret: "a,,b"}, nil); err == nil {
 		t.Fatal("a secret with an empty key accepted")
 	}
 }

@@ -2,6 +2,13 @@
 // long-lived server and examples/chat-lambda serves from AWS Lambda: the
 // same hooks, the same page and the same backplane flags, so that clients
 // of both front ends can share one room.
+//
+// A client connects with the query string user=NAME (its display name),
+// room=NAME (optional: rooms isolate) and events=1 (optional: join and
+// leave notices). Every text or binary message it sends is relayed
+// unchanged to the other clients of its room, on every instance, except
+// the commands who, hello and dm, which Hooks documents with the messages
+// they answer.
 package chatroom
 
 import (
@@ -11,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"html/template"
-	"log/slog"
 	"net/http"
 	"strings"
 
@@ -23,40 +29,19 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Topic is the one topic of the chat room.
+// Topic is the topic of the chat room's messages, to which every peer is
+// subscribed.
 const Topic = "chat"
 
-// Namespace is the namespace of every chat client, whichever front end holds
-// it, so that clients of a long-lived server and of API Gateway meet.
+// Namespace is the namespace of the main room, whichever front end holds
+// its clients, so that clients of a long-lived server and of API Gateway
+// meet; the room NAME is the namespace Namespace + "/" + NAME.
 const Namespace = "/chat"
 
 //go:embed index.html
 var pageTemplate string
 
 var page = template.Must(template.New("index.html").Parse(pageTemplate))
-
-// Hooks subscribes every peer to the chat topic and publishes what it sends
-// there, unchanged: every other peer of the room receives it.
-func Hooks() edge.Hooks {
-	return edge.Hooks{
-		Upgrade: func(*http.Request) (edge.Accept, error) {
-			return edge.Accept{Namespace: Namespace}, nil
-		},
-		Open: func(p edge.Peer) {
-			if err := p.Subscribe(context.Background(), Topic); err != nil {
-				slog.Error("chat: subscribe", "peer", p.ID(), "err", err)
-				_ = p.Close(1011, "cannot subscribe")
-			}
-		},
-		Message: func(p edge.Peer, d edge.Data) {
-			if err := p.Publish(context.Background(), Topic, d); err != nil {
-				slog.Error("chat: publish", "peer", p.ID(), "err", err)
-			}
-		},
-		// No Error hook: the front ends log peer errors (slow consumers,
-		// floods) once per kind and interval, with a count.
-	}
-}
 
 // Page returns the handler of the chat page, whose script connects to the
 // WebSocket endpoint at wsPath on the page's own host.
@@ -85,13 +70,22 @@ type Config struct {
 
 // Backplane is what the instances of one chat share: the Sync that relays
 // between them and, on Redis and Postgres, the Registry of the connections
-// that API Gateway holds.
+// that API Gateway holds and the Registry where instances record the peers
+// they hold in memory (edge.Options.Presence).
 type Backplane struct {
 	Sync     edge.Sync     // nil: alone, in memory
 	Registry edge.Registry // nil: none that other processes share
-	Name     string        // "redis", "postgres", "cluster" or "none"
+	// Presence is a Registry of the same store on the channel
+	// PresenceChannel(Channel), apart from Registry, whose connections are
+	// posted to. nil with Registry.
+	Presence edge.Registry
+	Name     string // "redis", "postgres", "cluster" or "none"
 	close    func()
 }
+
+// PresenceChannel returns the channel of the presence Registry of a chat on
+// channel.
+func PresenceChannel(channel string) string { return channel + "/presence" }
 
 // Open opens the backplane cfg chooses.
 func Open(ctx context.Context, cfg Config) (*Backplane, error) {
@@ -112,9 +106,14 @@ func Open(ctx context.Context, cfg Config) (*Backplane, error) {
 			client.Close()
 			return nil, err
 		}
+		presence, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: PresenceChannel(cfg.Channel)})
+		if err != nil {
+			client.Close()
+			return nil, err
+		}
 		return &Backplane{
 			Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys}),
-			Registry: reg, Name: "redis", close: func() { client.Close() },
+			Registry: reg, Presence: presence, Name: "redis", close: func() { client.Close() },
 		}, nil
 	case cfg.Postgres != "":
 		pool, err := pgxpool.New(ctx, cfg.Postgres)
@@ -126,9 +125,14 @@ func Open(ctx context.Context, cfg Config) (*Backplane, error) {
 			pool.Close()
 			return nil, err
 		}
+		presence, err := pgsync.NewRegistry(pgsync.RegistryOptions{Pool: pool, Channel: PresenceChannel(cfg.Channel)})
+		if err != nil {
+			pool.Close()
+			return nil, err
+		}
 		return &Backplane{
 			Sync:     pgsync.New(pgsync.Options{Pool: pool, ConnString: cfg.Postgres, Channel: cfg.Channel, Keys: keys}),
-			Registry: reg, Name: "postgres", close: pool.Close,
+			Registry: reg, Presence: presence, Name: "postgres", close: pool.Close,
 		}, nil
 	case cfg.Cluster != "":
 		return &Backplane{

@@ -37,7 +37,7 @@ import (
 //	Lambda→VM        an API Gateway client to a long-lived client: the Lambda relays through Redis
 //	Lambda→gateway   an API Gateway client to another: the Lambda posts to it before returning
 func BenchmarkMixedLatency(b *testing.B) {
-	c := newMixedCluster(b)
+	c := newLatencyCluster(b)
 	for _, path := range []struct {
 		name     string
 		from, to *benchClient
@@ -71,12 +71,12 @@ func BenchmarkMixedLatency(b *testing.B) {
 	}
 }
 
-// mixedCluster is two long-lived instances and a Lambda under the emulator,
+// latencyCluster is two long-lived instances and a Lambda under the emulator,
 // on one Redis channel, with a client each on vm1 and vm2 and two on the
 // emulator. Every client drains what it is not waiting for in another path:
 // only the path's receiver reads while the path runs, so the others' queues
 // fill at most with one benchmark's messages.
-type mixedCluster struct {
+type latencyCluster struct {
 	vm1, vm2, gw1, gw2 *benchClient
 }
 
@@ -86,7 +86,7 @@ type benchClient struct {
 	got  chan string
 }
 
-func newMixedCluster(b *testing.B) *mixedCluster {
+func newLatencyCluster(b *testing.B) *latencyCluster {
 	url := testenv.RedisURL(b)
 	channel := testenv.Channel(b)
 	opts, err := redis.ParseURL(url)
@@ -177,5 +177,5 @@ func newMixedCluster(b *testing.B) *mixedCluster {
 		return bc
 	}
 	gwURL := "ws://" + ln.Addr().String() + "/bench"
-	return &mixedCluster{vm1: dial(vm()), vm2: dial(vm()), gw1: dial(gwURL), gw2: dial(gwURL)}
+	return &latencyCluster{vm1: dial(vm()), vm2: dial(vm()), gw1: dial(gwURL), gw2: dial(gwURL)}
 }

@@ -132,6 +132,12 @@ func testMixedCluster(t *testing.T, backplane, url string) {
 		}
 	}
 
+	// A client cannot forge the server's messages: they are not relayed.
+	for _, in := range mixedInstances {
+		a[in].send(t, websocket.MessageText, `{"type":"join","id":"forged","user":"mallory","instance":"nowhere"}`)
+		b[in].send(t, websocket.MessageText, `{"type":"dm","from":"forged","text":"from nobody"}`)
+	}
+
 	// Nothing else was on its way to anyone.
 	exchange(t, "last", room, other, watchers)
 }
@@ -208,6 +214,13 @@ func TestMixedClusterInstanceKilled(t *testing.T) {
 	}
 
 	exchange(t, "after", survivors)
+
+	// A direct message to a client of the dead instance reaches nobody,
+	// and is no error for its sender, on either kind of instance.
+	for _, from := range []*chatClient{c["vm1-a"], c["lambda-a"]} {
+		from.send(t, websocket.MessageText, dmCommand(c["vm2-a"].id, "too late"))
+		from.expectServer(t, "dm to the dead", serverMessage{"type": "dm-sent", "to": c["vm2-a"].id, "text": "too late"})
+	}
 	exchange(t, "end", survivors)
 
 	// vm2's clients drop out of who, asked from vm1 and from the Lambda.

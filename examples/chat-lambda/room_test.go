@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,121 +12,59 @@ import (
 
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/examples/internal/chatroom"
+	"github.com/edgesync/edgesync/examples/internal/chattest"
 	"github.com/edgesync/edgesync/internal/testenv"
 	"github.com/edgesync/edgesync/longlived"
 )
-
-// roomClient is a client of the room with one reader.
-type roomClient struct {
-	conn *websocket.Conn
-	in   chan string
-	name string
-}
-
-// joinAt connects to wsURL with query and says hello; it returns once the
-// peer is open, with its welcome.
-func joinAt(t *testing.T, wsURL, query string) (*roomClient, welcome) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, wsURL+"?"+query, nil)
-	if err != nil {
-		t.Fatalf("dial %s?%s: %v", wsURL, query, err)
-	}
-	c := &roomClient{conn: conn, in: make(chan string, 64), name: query}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			_, b, err := conn.Read(context.Background())
-			if err != nil {
-				return
-			}
-			c.in <- string(b)
-		}
-	}()
-	t.Cleanup(func() {
-		conn.CloseNow()
-		<-done
-	})
-	send(t, conn, `{"type":"hello"}`)
-	var w welcome
-	c.next(t, "welcome", &w)
-	return c, w
-}
-
-type welcome struct{ ID, User, Instance string }
-
-// next decodes the next message into v, which must have type typ; typ ""
-// returns any message, raw.
-func (c *roomClient) next(t *testing.T, typ string, v any) string {
-	t.Helper()
-	got := testenv.Recv(t, c.in, wait, typ+" message for "+c.name)
-	if typ == "" {
-		return got
-	}
-	var head struct{ Type string }
-	if err := json.Unmarshal([]byte(got), &head); err != nil || head.Type != typ {
-		t.Fatalf("%s received %s, want a message of type %q", c.name, got, typ)
-	}
-	if err := json.Unmarshal([]byte(got), v); err != nil {
-		t.Fatalf("%s: %s: %v", c.name, got, err)
-	}
-	return got
-}
 
 // TestRoomUnderTheEmulator: the room's protocol on API Gateway: hello,
 // who, dm, join and leave notices for events=1 clients only.
 func TestRoomUnderTheEmulator(t *testing.T) {
 	ws := "ws://" + startLocal(t, chatroom.Config{Channel: testenv.Channel(t)}) + "/local"
-	ev, wev := joinAt(t, ws, "user=ev&events=1")
-	plain, wp := joinAt(t, ws, "user=plain")
+	ev, wev := chattest.Join(t, ws, "user=ev&events=1")
+	plain, wp := chattest.Join(t, ws, "user=plain")
 	if wev.Instance != "lambda" || wev.User != "ev" || wp.ID == wev.ID {
 		t.Fatalf("welcomes %+v, %+v", wev, wp)
 	}
-	var n struct{ Type, ID, User, Instance string }
-	ev.next(t, "join", &n)
+	var n chattest.Notice
+	ev.NextOf(t, "join", &n)
 	if n.ID != wp.ID || n.User != "plain" || n.Instance != "lambda" {
 		t.Fatalf("join %+v, want plain's", n)
 	}
 
-	plain.send(t, `{"type":"who"}`)
-	var p struct{ Peers []welcome }
-	plain.next(t, "presence", &p)
+	plain.Send(t, `{"type":"who"}`)
+	var p chattest.Presence
+	plain.NextOf(t, "presence", &p)
 	if len(p.Peers) != 2 || p.Peers[0] != wev || p.Peers[1] != wp {
 		t.Fatalf("who: %+v", p.Peers)
 	}
 
-	plain.send(t, `{"type":"dm","to":"`+wev.ID+`","text":"psst"}`)
-	var d struct{ From, To, User, Text string }
-	ev.next(t, "dm", &d)
+	plain.Send(t, `{"type":"dm","to":"`+wev.ID+`","text":"psst"}`)
+	var d chattest.DM
+	ev.NextOf(t, "dm", &d)
 	if d.From != wp.ID || d.User != "plain" || d.Text != "psst" {
 		t.Fatalf("ev received %+v", d)
 	}
-	plain.next(t, "dm-sent", &d)
-	plain.send(t, `{"type":"dm","to":"AAAAAAAAAAAAAAA=","text":"nobody"}`)
-	plain.next(t, "dm-sent", &d) // silent: nothing fails, nobody receives it
+	plain.NextOf(t, "dm-sent", &d)
+	plain.Send(t, `{"type":"dm","to":"AAAAAAAAAAAAAAA=","text":"nobody"}`)
+	plain.NextOf(t, "dm-sent", &d) // silent: nothing fails, nobody receives it
 
-	plain.conn.Close(websocket.StatusNormalClosure, "")
-	ev.next(t, "leave", &n)
+	plain.Conn.Close(websocket.StatusNormalClosure, "")
+	ev.NextOf(t, "leave", &n)
 	if n.ID != wp.ID || n.User != "plain" {
 		t.Fatalf("leave %+v", n)
 	}
 	// A plain client gets the relay alone: not the join, nor the leave.
-	plain2, _ := joinAt(t, ws, "user=plain2")
-	ev.next(t, "join", &n)
-	ev2, _ := joinAt(t, ws, "user=ev2&events=1")
-	ev.next(t, "join", &n)
-	ev2.conn.Close(websocket.StatusNormalClosure, "")
-	ev.next(t, "leave", &n)
+	plain2, _ := chattest.Join(t, ws, "user=plain2")
+	ev.NextOf(t, "join", &n)
+	ev2, _ := chattest.Join(t, ws, "user=ev2&events=1")
+	ev.NextOf(t, "join", &n)
+	ev2.Conn.Close(websocket.StatusNormalClosure, "")
+	ev.NextOf(t, "leave", &n)
 	msg := `{"user":"ev","text":"after"}`
-	send(t, ev.conn, msg)
-	if got := plain2.next(t, "", nil); got != msg {
-		t.Fatalf("plain2 received %s, want %s", got, msg)
-	}
+	ev.Send(t, msg)
+	plain2.Expect(t, msg)
 }
-
-func (c *roomClient) send(t *testing.T, msg string) { t.Helper(); send(t, c.conn, msg) }
 
 func TestBadRoomUnderTheEmulator(t *testing.T) {
 	addr := startLocal(t, chatroom.Config{Channel: testenv.Channel(t)})
@@ -171,32 +108,35 @@ func TestLambdaListsLongLivedPeers(t *testing.T) {
 		srv.Close()
 	})
 
-	ann, wa := joinAt(t, "ws"+strings.TrimPrefix(srv.URL, "http"), "user=ann&events=1")
+	ann, wa := chattest.Join(t, "ws"+strings.TrimPrefix(srv.URL, "http"), "user=ann&events=1")
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	if err := hub.Flush(ctx); err != nil { // ann's presence record is written
 		t.Fatal(err)
 	}
-	bob, wb := joinAt(t, api, "user=bob&events=1")
-	var n struct{ Type, ID, User string }
-	ann.next(t, "join", &n) // through the backplane
+	bob, wb := chattest.Join(t, api, "user=bob&events=1")
+	var n chattest.Notice
+	ann.NextOf(t, "join", &n) // through the backplane
 	if n.ID != wb.ID {
 		t.Fatalf("ann received the join %+v, want bob's", n)
 	}
 
-	bob.send(t, `{"type":"who"}`)
-	var p struct{ Peers []welcome }
-	bob.next(t, "presence", &p)
-	want := []welcome{{wa.ID, "ann", "vm b"}, {wb.ID, "bob", "lambda"}}
+	bob.Send(t, `{"type":"who"}`)
+	var p chattest.Presence
+	bob.NextOf(t, "presence", &p)
+	want := []chattest.Peer{
+		{ID: wa.ID, User: "ann", Instance: "vm b"},
+		{ID: wb.ID, User: "bob", Instance: "lambda"},
+	}
 	if len(p.Peers) != 2 || p.Peers[0] != want[0] || p.Peers[1] != want[1] {
 		t.Fatalf("who on the Lambda: %+v, want %+v", p.Peers, want)
 	}
 
-	bob.send(t, `{"type":"dm","to":"`+wa.ID+`","text":"hi ann"}`)
-	var d struct{ From, User, Text string }
-	ann.next(t, "dm", &d)
+	bob.Send(t, `{"type":"dm","to":"`+wa.ID+`","text":"hi ann"}`)
+	var d chattest.DM
+	ann.NextOf(t, "dm", &d)
 	if d.From != wb.ID || d.User != "bob" || d.Text != "hi ann" {
 		t.Fatalf("ann received %+v", d)
 	}
-	bob.next(t, "dm-sent", &d)
+	bob.NextOf(t, "dm-sent", &d)
 }

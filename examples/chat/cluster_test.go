@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"net"
 	"net/http"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"github.com/edgesync/edgesync/apigw/emulator"
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/examples/internal/chatroom"
+	"github.com/edgesync/edgesync/examples/internal/chattest"
 	"github.com/edgesync/edgesync/internal/testenv"
 )
 
@@ -64,74 +64,16 @@ func startLambda(t *testing.T, cfg chatroom.Config) string {
 	return ln.Addr().String()
 }
 
-// chatClient is a client of the room with one reader.
-type chatClient struct {
-	conn *websocket.Conn
-	in   chan string
-	name string
-}
-
-// joinRoom connects to the WebSocket endpoint wsURL as user, with room
-// events, and says hello: it returns once the server has opened the peer,
-// with the peer's id and instance from its welcome.
-func joinRoom(t *testing.T, wsURL, user string) (c *chatClient, id, instance string) {
+// joinRoom joins the room at wsURL as user, with room events, and checks
+// that its welcome names the user and gives an id; it returns the client
+// and its welcome.
+func joinRoom(t *testing.T, wsURL, user string) (*chattest.Client, chattest.Peer) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, wsURL+"?events=1&user="+user, nil)
-	if err != nil {
-		t.Fatalf("%s: dial %s: %v", user, wsURL, err)
-	}
-	c = &chatClient{conn: conn, in: make(chan string, 64), name: user}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			_, b, err := conn.Read(context.Background())
-			if err != nil {
-				return
-			}
-			c.in <- string(b)
-		}
-	}()
-	t.Cleanup(func() {
-		conn.CloseNow()
-		<-done
-	})
-	c.send(t, `{"type":"hello"}`)
-	var w struct{ ID, User, Instance string }
-	c.next(t, "welcome", &w)
+	c, w := chattest.Join(t, wsURL, "events=1&user="+user)
 	if w.User != user || w.ID == "" {
 		t.Fatalf("%s: welcome %+v", user, w)
 	}
-	return c, w.ID, w.Instance
-}
-
-func (c *chatClient) send(t *testing.T, msg string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	if err := c.conn.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
-		t.Fatalf("%s: %v", c.name, err)
-	}
-}
-
-// next decodes the next message into v, which must have type typ, and
-// returns it; typ "" takes any message, raw.
-func (c *chatClient) next(t *testing.T, typ string, v any) string {
-	t.Helper()
-	got := testenv.Recv(t, c.in, wait, typ+" message for "+c.name)
-	if typ == "" {
-		return got
-	}
-	var head struct{ Type string }
-	if err := json.Unmarshal([]byte(got), &head); err != nil || head.Type != typ {
-		t.Fatalf("%s received %s, want a message of type %q", c.name, got, typ)
-	}
-	if err := json.Unmarshal([]byte(got), v); err != nil {
-		t.Fatalf("%s: %s: %v", c.name, got, err)
-	}
-	return got
+	return c, w
 }
 
 // mixedCluster runs a long-lived chat given -apigw-endpoint and the chat
@@ -149,9 +91,9 @@ func mixedCluster(t *testing.T, cfg config) {
 		}
 	})
 
-	ann, annID, annInstance := joinRoom(t, "ws"+strings.TrimPrefix(vmURL, "http")+"/_ws", "ann")
-	if annInstance != "vm a" {
-		t.Fatalf("ann's instance is %q, want the -name", annInstance)
+	ann, wa := joinRoom(t, "ws"+strings.TrimPrefix(vmURL, "http")+"/_ws", "ann")
+	if wa.Instance != "vm a" {
+		t.Fatalf("ann's instance is %q, want the -name", wa.Instance)
 	}
 	// Ann's presence record is written.
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -160,65 +102,61 @@ func mixedCluster(t *testing.T, cfg config) {
 		t.Fatal(err)
 	}
 
-	bob, bobID, bobInstance := joinRoom(t, "ws://"+api+"/local", "bob")
-	if bobInstance != "lambda" {
-		t.Fatalf("bob's instance is %q, want lambda", bobInstance)
+	bob, wb := joinRoom(t, "ws://"+api+"/local", "bob")
+	if wb.Instance != "lambda" {
+		t.Fatalf("bob's instance is %q, want lambda", wb.Instance)
 	}
-	var n struct{ Type, ID, User, Instance string }
-	ann.next(t, "join", &n)
-	if n.ID != bobID || n.User != "bob" || n.Instance != "lambda" {
+	var n chattest.Notice
+	ann.NextOf(t, "join", &n)
+	if n.ID != wb.ID || n.User != "bob" || n.Instance != "lambda" {
 		t.Fatalf("ann received the join %+v, want bob's", n)
 	}
 
-	want := []struct{ ID, User, Instance string }{{annID, "ann", "vm a"}, {bobID, "bob", "lambda"}}
-	for _, c := range []*chatClient{ann, bob} {
-		c.send(t, `{"type":"who"}`)
-		var p struct {
-			Peers []struct{ ID, User, Instance string }
-		}
-		c.next(t, "presence", &p)
+	want := []chattest.Peer{
+		{ID: wa.ID, User: "ann", Instance: "vm a"},
+		{ID: wb.ID, User: "bob", Instance: "lambda"},
+	}
+	for _, c := range []*chattest.Client{ann, bob} {
+		c.Send(t, `{"type":"who"}`)
+		var p chattest.Presence
+		c.NextOf(t, "presence", &p)
 		if len(p.Peers) != 2 || p.Peers[0] != want[0] || p.Peers[1] != want[1] {
-			t.Fatalf("%s: who answered %+v, want %+v", c.name, p.Peers, want)
+			t.Fatalf("%s: who answered %+v, want %+v", c.Name, p.Peers, want)
 		}
 	}
 
-	type dm struct{ From, To, User, Text string }
 	// From the long-lived chat to API Gateway, posted directly.
-	ann.send(t, `{"type":"dm","to":"`+bobID+`","text":"hi bob"}`)
-	var d dm
-	bob.next(t, "dm", &d)
-	if d.From != annID || d.User != "ann" || d.Text != "hi bob" {
+	ann.Send(t, `{"type":"dm","to":"`+wb.ID+`","text":"hi bob"}`)
+	var d chattest.DM
+	bob.NextOf(t, "dm", &d)
+	if d.From != wa.ID || d.User != "ann" || d.Text != "hi bob" {
 		t.Fatalf("bob received %+v", d)
 	}
-	ann.next(t, "dm-sent", &d)
-	if d.To != bobID || d.Text != "hi bob" {
+	ann.NextOf(t, "dm-sent", &d)
+	if d.To != wb.ID || d.Text != "hi bob" {
 		t.Fatalf("ann received %+v", d)
 	}
 	// From the Lambda to the long-lived chat, through the backplane.
-	bob.send(t, `{"type":"dm","to":"`+annID+`","text":"hi ann"}`)
-	ann.next(t, "dm", &d)
-	if d.From != bobID || d.User != "bob" || d.Text != "hi ann" {
+	bob.Send(t, `{"type":"dm","to":"`+wa.ID+`","text":"hi ann"}`)
+	ann.NextOf(t, "dm", &d)
+	if d.From != wb.ID || d.User != "bob" || d.Text != "hi ann" {
 		t.Fatalf("ann received %+v", d)
 	}
-	bob.next(t, "dm-sent", &d)
-	if d.To != annID {
+	bob.NextOf(t, "dm-sent", &d)
+	if d.To != wa.ID {
 		t.Fatalf("bob received %+v", d)
 	}
 
 	// The relay, both ways.
 	fromAnn, fromBob := `{"user":"ann","text":"to the room"}`, `{"user":"bob","text":"back"}`
-	ann.send(t, fromAnn)
-	if got := bob.next(t, "", nil); got != fromAnn {
-		t.Fatalf("bob received %s, want %s", got, fromAnn)
-	}
-	bob.send(t, fromBob)
-	if got := ann.next(t, "", nil); got != fromBob {
-		t.Fatalf("ann received %s, want %s", got, fromBob)
-	}
+	ann.Send(t, fromAnn)
+	bob.Expect(t, fromAnn)
+	bob.Send(t, fromBob)
+	ann.Expect(t, fromBob)
 
-	bob.conn.Close(websocket.StatusNormalClosure, "")
-	ann.next(t, "leave", &n)
-	if n.ID != bobID || n.User != "bob" {
+	bob.Conn.Close(websocket.StatusNormalClosure, "")
+	ann.NextOf(t, "leave", &n)
+	if n.ID != wb.ID || n.User != "bob" {
 		t.Fatalf("ann received the leave %+v, want bob's", n)
 	}
 }

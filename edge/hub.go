@@ -109,6 +109,9 @@ type Hub struct {
 	spaces  map[string]map[string]*memberSet // namespace → topic → members
 	members map[string]*Member               // by peer id
 
+	router    RoutedDriver   // the driver, when it relays by topic
+	topicRefs map[string]int // topic → namespaces with a local subscriber, when routed
+
 	published, relayed, received, dropped atomic.Uint64
 	errs                                  [numStages]atomic.Uint64
 }
@@ -157,6 +160,9 @@ func New(opts Options) (*Hub, error) {
 			return nil, fmt.Errorf("edge: sync: %w", err)
 		}
 		h.driver = d
+		if rd, ok := d.(RoutedDriver); ok && !opts.PublishOnly {
+			h.router, h.topicRefs = rd, make(map[string]int)
+		}
 		h.relayQueue = make(chan relayJob, queueSize)
 		h.workers.Add(1)
 		go h.relay()

@@ -61,6 +61,7 @@ func (h *Hub) Join(id, namespace string, ep Endpoint) (*Member, error) {
 		return nil, fmt.Errorf("edge: join: a peer with id %q is joined already", id)
 	}
 	h.members[id] = m
+	h.route(PeerTopicPrefix+id, true)
 	return m, nil
 }
 
@@ -97,6 +98,7 @@ func (m *Member) Subscribe(topic string) error {
 	if set == nil {
 		set = &memberSet{index: make(map[*Member]int)}
 		topics[topic] = set
+		h.topicGained(topic)
 	}
 	set.add(m)
 	if len(m.topics) == 0 {
@@ -132,6 +134,7 @@ func (m *Member) unsubscribeLocked(topic string) {
 	set.remove(m)
 	if len(set.list) == 0 {
 		delete(topics, topic)
+		m.hub.topicLost(topic)
 		if len(topics) == 0 {
 			delete(m.hub.spaces, m.namespace)
 		}
@@ -177,6 +180,7 @@ func (m *Member) Leave() {
 	}
 	m.left = true
 	delete(h.members, m.id)
+	h.route(PeerTopicPrefix+m.id, false)
 }
 
 // closeEndpoint closes the member's connection, isolating a panic.

@@ -72,6 +72,11 @@ type Options struct {
 	// Channel scopes the cluster on the Bus: instances on another channel
 	// never see each other. It is required.
 	Channel string
+	// Routed relays by topic (edge.RoutedDriver): an instance receives
+	// only the messages of the topics its Hub routes, as a routed driver
+	// over a network does, so that routed clusters can be tried and tested
+	// in one process. Every instance of a channel should agree on it.
+	Routed bool
 }
 
 // New returns the Sync of one instance on opts.Channel of opts.Bus. Hubs on
@@ -92,7 +97,28 @@ func New(opts Options) edge.Sync {
 		case inst.ID == "":
 			return nil, errors.New("memsync: instance has no ID")
 		}
-		return &driver{bus: opts.Bus, channel: opts.Channel, inst: inst}, nil
+		d := &driver{bus: opts.Bus, channel: opts.Channel, inst: inst}
+		if opts.Routed {
+			d.routes = make(map[string]bool)
+			return routedDriver{d}, nil
+		}
+		return d, nil
+	}
+}
+
+// routedDriver is a driver that receives only the topics it routes.
+type routedDriver struct{ *driver }
+
+var _ edge.RoutedDriver = routedDriver{}
+
+// Route adds topic to the topics the instance receives, or removes it.
+func (d routedDriver) Route(topic string, want bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if want {
+		d.routes[topic] = true
+	} else {
+		delete(d.routes, topic)
 	}
 }
 
@@ -109,6 +135,7 @@ type driver struct {
 	closed     bool
 	subscribed bool
 	deliver    func(edge.Message)
+	routes     map[string]bool // the routed topics; nil: every topic (broadcast)
 
 	// inflight counts calls of deliver under way. Add is only called
 	// under mu while closed is false, so every Add happens before Close
@@ -181,6 +208,15 @@ func (d *driver) receive(msgs []edge.Message) {
 		return
 	}
 	deliver := d.deliver
+	if d.routes != nil {
+		var wanted []edge.Message
+		for _, msg := range msgs {
+			if d.routes[msg.Topic] {
+				wanted = append(wanted, msg)
+			}
+		}
+		msgs = wanted
+	}
 	d.inflight.Add(1)
 	d.mu.Unlock()
 	defer d.inflight.Done()

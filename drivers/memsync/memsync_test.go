@@ -20,6 +20,14 @@ func TestDriverConformance(t *testing.T) {
 	drivertest.RunDriverTests(t, busSync())
 }
 
+func TestRoutedDriverConformance(t *testing.T) {
+	var bus memsync.Bus
+	routed := func(_ testing.TB, channel string) edge.Sync {
+		return memsync.New(memsync.Options{Bus: &bus, Channel: channel, Routed: true})
+	}
+	drivertest.RunRoutedDriverTests(t, routed)
+}
+
 // busSync returns a function for drivertest that builds the Sync of one more
 // instance of a channel, all on one Bus.
 func busSync() func(tb testing.TB, channel string) edge.Sync {

@@ -93,11 +93,15 @@ func (d *driver) reconnect(ctx context.Context, backoff *reconnect.Backoff) *pgx
 // receive delivers the notifications of conn until it fails or is found
 // dead. On a fixed schedule, whatever the traffic, it pings the server on
 // conn and checks that the prober's last probe came back in time. It calls
-// works once, when the first probe has come back.
+// works once, when the first probe has come back. In a routed cluster, it
+// LISTENs on conn on the bucket channels of the routed topics, every one of
+// them again on a new connection, and UNLISTENs those that have lingered.
 func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.Message), works func()) error {
 	d.probes.Up()
 	defer d.probes.Down()
 	next := time.Now().Add(d.probePeriod)
+	on := make(listening)
+	var call func(context.Context, *pgx.Conn) // for a test
 	for {
 		if works != nil && d.probes.Answered() {
 			works()
@@ -107,11 +111,38 @@ func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.
 		if due, ok := d.probes.Due(d.timeout); ok && due.Before(until) {
 			until = due
 		}
+		var stopWake func() (bool, func(context.Context, *pgx.Conn))
 		wait, cancel := context.WithDeadline(ctx, until)
+		if d.routes != nil {
+			due, err := d.apply(ctx, conn, on)
+			if err != nil {
+				cancel()
+				return err
+			}
+			if call != nil {
+				call(ctx, conn)
+				call = nil
+			}
+			if !due.IsZero() && due.Before(until) {
+				cancel()
+				wait, cancel = context.WithDeadline(ctx, due)
+			}
+			stopWake = d.routes.wake(cancel)
+		}
 		err := d.receiveUntil(ctx, wait, conn, deliver)
 		timedOut := errors.Is(wait.Err(), context.DeadlineExceeded)
+		woken := false
+		if stopWake != nil {
+			woken, call = stopWake()
+		}
 		cancel()
-		if !timedOut || ctx.Err() != nil || conn.IsClosed() {
+		if ctx.Err() != nil || conn.IsClosed() {
+			return err
+		}
+		if !timedOut && woken {
+			continue // to apply what changed
+		}
+		if !timedOut {
 			return err
 		}
 		now := time.Now()
@@ -215,6 +246,9 @@ func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, del
 		return nil
 	}
 	d.probes.Heard()
+	if d.routes != nil && !d.routes.wants(msg.Topic) {
+		return nil // another topic of the bucket, or one unrouted since
+	}
 	deliver(msg)
 	return nil
 }

@@ -15,7 +15,8 @@ import (
 	"github.com/edgesync/edgesync/internal/reconnect"
 )
 
-// connect opens the listening connection and LISTENs on the channel.
+// connect opens the listening connection and LISTENs on the channel, and in
+// a routed cluster on the bucket channel of every routed topic.
 func (d *driver) connect(ctx context.Context) (*pgx.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
@@ -36,6 +37,13 @@ func (d *driver) connect(ctx context.Context) (*pgx.Conn, error) {
 	if _, err := conn.Exec(ctx, d.listenSQL); err != nil {
 		closeConn(conn)
 		return nil, err
+	}
+	if d.routes != nil {
+		d.on = make(listening)
+		if _, err := d.apply(ctx, conn, d.on); err != nil {
+			closeConn(conn)
+			return nil, err
+		}
 	}
 	d.listens.Add(1)
 	return conn, nil
@@ -100,7 +108,6 @@ func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.
 	d.probes.Up()
 	defer d.probes.Down()
 	next := time.Now().Add(d.probePeriod)
-	on := make(listening)
 	var call func(context.Context, *pgx.Conn) // for a test
 	for {
 		if works != nil && d.probes.Answered() {
@@ -114,7 +121,7 @@ func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.
 		var stopWake func() (bool, func(context.Context, *pgx.Conn))
 		wait, cancel := context.WithDeadline(ctx, until)
 		if d.routes != nil {
-			due, err := d.apply(ctx, conn, on)
+			due, err := d.apply(ctx, conn, d.on)
 			if err != nil {
 				cancel()
 				return err

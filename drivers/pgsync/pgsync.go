@@ -189,6 +189,7 @@ type driver struct {
 	// Routing, when the cluster is routed; nil: broadcast.
 	routes       *routes
 	routeChanges atomic.Int64 // LISTEN and UNLISTEN statements run
+	on           listening    // the buckets of the listening connection; the listener's
 }
 
 var _ edge.BatchDriver = (*driver)(nil)

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,9 +47,12 @@ func bucketPrefix(channel string) string {
 // TopicBucket returns the bucket of topic among buckets: the 32-bit FNV-1a
 // hash of the topic's bytes modulo buckets.
 func TopicBucket(topic string, buckets int) int {
-	h := fnv.New32a()
-	h.Write([]byte(topic)) // never fails
-	return int(h.Sum32() % uint32(buckets))
+	h := uint32(2166136261) // FNV-1a, 32 bits
+	for i := 0; i < len(topic); i++ {
+		h ^= uint32(topic[i])
+		h *= 16777619
+	}
+	return int(h % uint32(buckets))
 }
 
 // routes is the routing state of a routed driver: the topics its Hub routes,

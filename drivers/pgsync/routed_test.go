@@ -3,6 +3,7 @@ package pgsync_test
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strings"
 	"sync"
@@ -397,6 +398,16 @@ func TestRoutedLargeMessages(t *testing.T) {
 		}
 		if errs := log.Errors(edge.StagePublish); len(errs) > 0 {
 			t.Errorf("reported at StagePublish: %v", errs)
+		}
+	}
+}
+
+func TestTopicBucketIsFNV1a(t *testing.T) {
+	for _, topic := range []string{"", "lobby", "$peer:abc", "é\x00"} {
+		h := fnv.New32a()
+		h.Write([]byte(topic))
+		if got, want := pgsync.TopicBucket(topic, 1000), int(h.Sum32()%1000); got != want {
+			t.Errorf("TopicBucket(%q) = %d, want %d", topic, got, want)
 		}
 	}
 }

@@ -57,6 +57,39 @@
 // {"dup":1,"id":…}, which makes them distinct; decoders, crossws's included,
 // ignore members they do not know.
 //
+// # Routed clusters
+//
+// By default every instance receives every message of the channel
+// (broadcast), which is what crossws speaks. With Options.Routed, the driver
+// is an edge.RoutedDriver and an instance receives only the messages of the
+// topics its Hub has local subscribers for (in any namespace), and those
+// sent to its own peers with Hub.SendTo. Topics are hashed into
+// Options.RouteBuckets bucket channels (1024 by default): a topic's bucket
+// is TopicBucket, the 32-bit FNV-1a hash of the topic modulo the number of
+// buckets, and the bucket's channel is BucketChannel,
+//
+//	es_<first 8 bytes of the SHA-256 of the channel, in hex>_<bucket>
+//
+// which fits a Postgres identifier whatever the channel's length. A message
+// is notified on the bucket channel of its topic, whatever its namespace, so
+// a namespace-wide publish (Namespace "") reaches every instance that routes
+// its topic, in every namespace; a large message's reference travels on the
+// bucket channel too. Every instance of a routed cluster must set Routed and
+// the same RouteBuckets. A crossws instance cannot join a routed cluster: it
+// neither hears the bucket channels nor publishes on them.
+//
+// The listening connection LISTENs on the channel itself, for the liveness
+// probes, and on the bucket channel of every routed topic: at most
+// RouteBuckets + 1 channels. The Hub's Route calls only record what is
+// wanted; the listener LISTENs and UNLISTENs in the background, between two
+// waits for notifications. A bucket that loses its last routed topic is
+// UNLISTENed only after Options.RouteLinger (2 seconds by default), unless a
+// topic of it is routed again meanwhile, so that subscribers that come and
+// go cost nothing. A new listening connection, after an outage, LISTENs on
+// every wanted bucket again. Topics that share a bucket share its
+// notifications: a receiver drops, without a report, a message of a topic
+// it does not route.
+//
 // # Large messages
 //
 // Postgres refuses a NOTIFY payload of NotifyPayloadLimit (8000) bytes or more.

@@ -38,6 +38,32 @@ func ExampleNew() {
 	}
 }
 
+// In a routed cluster an instance receives only the messages of the topics
+// its peers subscribe to. Every instance of the channel sets Routed.
+func ExampleNew_routed() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+
+	hub, err := edge.New(edge.Options{
+		Sync: pgsync.New(pgsync.Options{Pool: pool, Channel: "chat", Routed: true}),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer hub.Close()
+
+	// Reaches the instances with a subscriber of "lobby", in any
+	// namespace, and costs the others nothing.
+	err = hub.Publish(ctx, edge.Message{Topic: "lobby", Data: edge.Text("hello, lobby")})
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
 // A Registry keeps the connections that API Gateway holds, shared by every
 // instance that publishes to them.
 func ExampleNewRegistry() {

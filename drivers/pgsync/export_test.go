@@ -2,21 +2,80 @@ package pgsync
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/edgesync/edgesync/edge"
 )
 
+// unwrap returns the driver d, a driver built by New.
+func unwrap(d edge.Driver) *driver {
+	if rd, ok := d.(routedDriver); ok {
+		return rd.driver
+	}
+	return d.(*driver)
+}
+
+// OnListener runs fn on the listening connection of d, a routed driver built
+// by New and subscribed, between two waits for notifications.
+func OnListener(ctx context.Context, d edge.Driver, fn func(context.Context, *pgx.Conn) error) error {
+	dr := unwrap(d)
+	done := make(chan error, 1)
+	call := func(ctx context.Context, conn *pgx.Conn) { done <- fn(ctx, conn) }
+	select {
+	case dr.routes.calls <- call:
+	case <-ctx.Done():
+		return fmt.Errorf("the listener took no call: %w", ctx.Err())
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("the listener ran no call: %w", ctx.Err())
+	}
+}
+
+// ListeningChannels returns pg_listening_channels() of the listening
+// connection of d, a routed driver built by New and subscribed.
+func ListeningChannels(ctx context.Context, d edge.Driver) ([]string, error) {
+	var names []string
+	err := OnListener(ctx, d, func(ctx context.Context, conn *pgx.Conn) error {
+		rows, err := conn.Query(ctx, "SELECT pg_listening_channels()")
+		if err != nil {
+			return err
+		}
+		names, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	return names, err
+}
+
+// ListenerPID returns the backend pid of the listening connection of d, a
+// routed driver built by New and subscribed.
+func ListenerPID(ctx context.Context, d edge.Driver) (int, error) {
+	var pid int
+	err := OnListener(ctx, d, func(ctx context.Context, conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid)
+	})
+	return pid, err
+}
+
+// RouteChanges returns how many times d, a routed driver built by New, has
+// run LISTEN or UNLISTEN statements on its bucket channels.
+func RouteChanges(d edge.Driver) int64 { return unwrap(d).routeChanges.Load() }
+
 // Cleanup runs the large payload cleanup of d, a driver built by New, now.
 func Cleanup(ctx context.Context, d edge.Driver) (int64, error) {
-	return d.(*driver).cleanup(ctx)
+	return unwrap(d).cleanup(ctx)
 }
 
 // OnCleanup makes d, a driver built by New, call hook after each cleanup its
 // timer runs, with what the cleanup returned.
 func OnCleanup(d edge.Driver, hook func(deleted int64, err error)) {
-	dr := d.(*driver)
+	dr := unwrap(d)
 	dr.tableMu.Lock()
 	dr.onCleanup = hook
 	dr.tableMu.Unlock()
@@ -54,7 +113,7 @@ func SetProbeTimingCounted(build edge.Sync, interval, timeout time.Duration) (_ 
 			dr, err := build(inst)
 			if err == nil {
 				mu.Lock()
-				d = dr.(*driver)
+				d = unwrap(dr)
 				d.probePeriod, d.timeout = interval, timeout
 				mu.Unlock()
 			}

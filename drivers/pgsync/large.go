@@ -110,11 +110,13 @@ const (
 	// idsSQL reserves the row ids of $1 large messages, so that their
 	// references can be written, and signed, before they are stored.
 	idsSQL = "SELECT nextval(pg_get_serial_sequence('" + payloadTable + "', 'id')) FROM generate_series(1, $1)"
-	// storeSQL stores one large envelope ($3) as row $1 with token $4 and
-	// notifies its reference $5. Postgres delivers the notification when
-	// the row is committed, so receivers find it.
+	// storeSQL stores one large envelope ($3) of channel $2 as row $1 with
+	// token $4 and notifies its reference $5 on notification channel $6
+	// (the channel, or in a routed cluster a bucket channel). Postgres
+	// delivers the notification when the row is committed, so receivers
+	// find it.
 	storeSQL = `WITH stored AS (INSERT INTO edgesync_payloads (id, channel, body, token) VALUES ($1, $2, $3, $4) RETURNING id)
-SELECT pg_notify($2, $5) FROM ` + asyncCommit + `, stored`
+SELECT pg_notify($6, $5) FROM ` + asyncCommit + `, stored`
 	// resolveSQL reads row $1 of channel $2 if its token is $3, with its
 	// size, its body unless it exceeds $4 bytes, and whether it is older
 	// than $5 microseconds.
@@ -197,8 +199,9 @@ func (d *driver) appendReference(dst []byte, ref int64, token string) []byte {
 }
 
 // queueLarge reserves the row ids of the large envelopes and queues, in b,
-// the statements that store them and notify their references.
-func (d *driver) queueLarge(ctx context.Context, b *pgx.Batch, large [][]byte) error {
+// the statements that store them and notify their references, each on its
+// channel in to.
+func (d *driver) queueLarge(ctx context.Context, b *pgx.Batch, large [][]byte, to []string) error {
 	rows, err := d.pool.Query(ctx, idsSQL, len(large))
 	if err != nil {
 		return err
@@ -212,7 +215,7 @@ func (d *driver) queueLarge(ctx context.Context, b *pgx.Batch, large [][]byte) e
 	}
 	for i, env := range large {
 		token := newToken()
-		b.Queue(storeSQL, ids[i], d.channel, env, token, d.appendReference(nil, ids[i], token))
+		b.Queue(storeSQL, ids[i], d.channel, env, token, d.appendReference(nil, ids[i], token), to[i])
 	}
 	return nil
 }

@@ -15,7 +15,8 @@ import (
 	"github.com/edgesync/edgesync/internal/reconnect"
 )
 
-// connect opens the listening connection and LISTENs on the channel.
+// connect opens the listening connection and LISTENs on the channel, and in
+// a routed cluster on the bucket channel of every routed topic.
 func (d *driver) connect(ctx context.Context) (*pgx.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
@@ -36,6 +37,13 @@ func (d *driver) connect(ctx context.Context) (*pgx.Conn, error) {
 	if _, err := conn.Exec(ctx, d.listenSQL); err != nil {
 		closeConn(conn)
 		return nil, err
+	}
+	if d.routes != nil {
+		d.on = make(listening)
+		if _, err := d.apply(ctx, conn, d.on); err != nil {
+			closeConn(conn)
+			return nil, err
+		}
 	}
 	d.listens.Add(1)
 	return conn, nil
@@ -93,11 +101,14 @@ func (d *driver) reconnect(ctx context.Context, backoff *reconnect.Backoff) *pgx
 // receive delivers the notifications of conn until it fails or is found
 // dead. On a fixed schedule, whatever the traffic, it pings the server on
 // conn and checks that the prober's last probe came back in time. It calls
-// works once, when the first probe has come back.
+// works once, when the first probe has come back. In a routed cluster, it
+// LISTENs on conn on the bucket channels of the routed topics, every one of
+// them again on a new connection, and UNLISTENs those that have lingered.
 func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.Message), works func()) error {
 	d.probes.Up()
 	defer d.probes.Down()
 	next := time.Now().Add(d.probePeriod)
+	var call func(context.Context, *pgx.Conn) // for a test
 	for {
 		if works != nil && d.probes.Answered() {
 			works()
@@ -107,11 +118,38 @@ func (d *driver) receive(ctx context.Context, conn *pgx.Conn, deliver func(edge.
 		if due, ok := d.probes.Due(d.timeout); ok && due.Before(until) {
 			until = due
 		}
+		var stopWake func() (bool, func(context.Context, *pgx.Conn))
 		wait, cancel := context.WithDeadline(ctx, until)
+		if d.routes != nil {
+			due, err := d.apply(ctx, conn, d.on)
+			if err != nil {
+				cancel()
+				return err
+			}
+			if call != nil {
+				call(ctx, conn)
+				call = nil
+			}
+			if !due.IsZero() && due.Before(until) {
+				cancel()
+				wait, cancel = context.WithDeadline(ctx, due)
+			}
+			stopWake = d.routes.wake(cancel)
+		}
 		err := d.receiveUntil(ctx, wait, conn, deliver)
 		timedOut := errors.Is(wait.Err(), context.DeadlineExceeded)
+		woken := false
+		if stopWake != nil {
+			woken, call = stopWake()
+		}
 		cancel()
-		if !timedOut || ctx.Err() != nil || conn.IsClosed() {
+		if ctx.Err() != nil || conn.IsClosed() {
+			return err
+		}
+		if !timedOut && woken {
+			continue // to apply what changed
+		}
+		if !timedOut {
 			return err
 		}
 		now := time.Now()
@@ -215,6 +253,9 @@ func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, del
 		return nil
 	}
 	d.probes.Heard()
+	if d.routes != nil && !d.routes.wants(msg.Topic) {
+		return nil // another topic of the bucket, or one unrouted since
+	}
 	deliver(msg)
 	return nil
 }

@@ -96,15 +96,46 @@ type Options struct {
 	// first, then remove the old one. A key should be at least 32 random
 	// bytes; an empty key is an error. See envelope.Signer for the format.
 	Keys [][]byte
+
+	// Routed relays by topic: the driver is an edge.RoutedDriver, and an
+	// instance LISTENs only on the bucket channels (see BucketChannel) of
+	// the topics its Hub has subscribers for, so that it receives only
+	// their messages. A message is notified on its topic's bucket channel,
+	// whatever its namespace. Every instance of a channel must agree on
+	// Routed and RouteBuckets. A crossws instance, which speaks broadcast
+	// on the channel only, cannot join a routed cluster.
+	Routed bool
+
+	// RouteBuckets is the number of bucket channels topics are hashed
+	// into (see TopicBucket) in a routed cluster: the most channels one
+	// listening connection LISTENs on. Topics that share a bucket share
+	// its notifications, and the receiver drops those of topics it does
+	// not route. 0 means DefaultRouteBuckets; at most MaxRouteBuckets.
+	RouteBuckets int
+
+	// RouteLinger is how long a routed instance keeps LISTENing on a
+	// bucket channel after its last routed topic there was unrouted, so
+	// that topics whose subscribers come and go cost no UNLISTEN and
+	// LISTEN each time. 0 means DefaultRouteLinger; a negative value
+	// UNLISTENs at once.
+	RouteLinger time.Duration
 }
 
 // New returns the Sync that builds the driver of one instance. Invalid
 // options (no Pool nor ConnString, a bad connection string, an empty channel
-// name or one longer than MaxChannelLength) are returned by the Sync, and so
-// by edge.New.
+// name or one longer than MaxChannelLength, RouteBuckets out of range) are
+// returned by the Sync, and so by edge.New. The driver is an
+// edge.RoutedDriver only when Options.Routed is set.
 func New(opts Options) edge.Sync {
 	return func(inst edge.Instance) (edge.Driver, error) {
-		return newDriver(opts, inst)
+		d, err := newDriver(opts, inst)
+		if err != nil {
+			return nil, err
+		}
+		if d.routes != nil {
+			return routedDriver{d}, nil
+		}
+		return d, nil
 	}
 }
 
@@ -154,6 +185,11 @@ type driver struct {
 	probes  probe.State
 	outage  *reconnect.Outage
 	probing sync.WaitGroup // the prober
+
+	// Routing, when the cluster is routed; nil: broadcast.
+	routes       *routes
+	routeChanges atomic.Int64 // LISTEN and UNLISTEN statements run
+	on           listening    // the buckets of the listening connection; the listener's
 }
 
 var _ edge.BatchDriver = (*driver)(nil)
@@ -168,6 +204,10 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 	signer, err := envelope.NewSigner(opts.Channel, opts.Keys)
 	if err != nil {
 		return nil, fmt.Errorf("pgsync: Options.Keys: %w", err)
+	}
+	if opts.RouteBuckets < 0 || opts.RouteBuckets > MaxRouteBuckets {
+		return nil, fmt.Errorf("pgsync: Options.RouteBuckets is %d; want 0 (for %d) to %d",
+			opts.RouteBuckets, DefaultRouteBuckets, MaxRouteBuckets)
 	}
 	d := &driver{
 		signer:      signer,
@@ -191,6 +231,19 @@ func newDriver(opts Options, inst edge.Instance) (*driver, error) {
 	}
 	if d.maxBytes <= 0 {
 		d.maxBytes = DefaultMaxMessageBytes
+	}
+	if opts.Routed {
+		buckets, linger := opts.RouteBuckets, opts.RouteLinger
+		if buckets == 0 {
+			buckets = DefaultRouteBuckets
+		}
+		switch {
+		case linger == 0:
+			linger = DefaultRouteLinger
+		case linger < 0:
+			linger = 0
+		}
+		d.routes = newRoutes(opts.Channel, buckets, linger)
 	}
 	d.cleanupCtx, d.cleanupCancel = context.WithCancel(context.Background())
 	d.ownPrefix = envelope.EchoPrefix(inst.ID)
@@ -269,14 +322,24 @@ func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
 	if err != nil {
 		return err
 	}
+	to := d.channelOf(msg.Topic)
 	if len(env) >= NotifyPayloadLimit {
-		return d.publish(ctx, nil, [][]byte{env})
+		return d.publish(ctx, nil, nil, [][]byte{env}, []string{to})
 	}
-	if _, err := d.pool.Exec(ctx, notifySQL, d.channel, env); err != nil {
+	if _, err := d.pool.Exec(ctx, notifySQL, to, env); err != nil {
 		d.publishFailed(err)
-		return fmt.Errorf("pgsync: publish to channel %q: %w", d.channel, err)
+		return fmt.Errorf("pgsync: publish to channel %q: %w", to, err)
 	}
 	return nil
+}
+
+// channelOf returns the notification channel of a message on topic: the
+// channel, or in a routed cluster the topic's bucket channel.
+func (d *driver) channelOf(topic string) string {
+	if d.routes == nil {
+		return d.channel
+	}
+	return d.routes.channelOf(topic)
 }
 
 // PublishBatch relays msgs to the other instances on the channel in one
@@ -296,6 +359,7 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 	var errs []error
 	for _, msg := range msgs {
 		start := len(b.buf)
+		to := d.channelOf(msg.Topic)
 		b.buf, _ = d.signer.AppendEncode(b.buf, d.inst.ID, msg) // never fails
 		env := b.buf[start:]
 		switch {
@@ -305,6 +369,7 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 			continue
 		case len(env) >= NotifyPayloadLimit:
 			b.large = append(b.large, bytes.Clone(env))
+			b.largeTo = append(b.largeTo, to)
 			b.buf = b.buf[:start]
 			continue
 		}
@@ -327,18 +392,20 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 			if marked := b.buf[start:]; len(marked) >= NotifyPayloadLimit {
 				// The mark made it too large for NOTIFY.
 				b.large = append(b.large, bytes.Clone(marked))
+				b.largeTo = append(b.largeTo, to)
 				b.buf = b.buf[:start]
 				continue
 			}
 		}
 		b.ends = append(b.ends, len(b.buf))
+		b.smallTo = append(b.smallTo, to)
 	}
 	start := 0
 	for _, end := range b.ends {
 		b.small = append(b.small, b.buf[start:end])
 		start = end
 	}
-	if err := d.publish(ctx, b.small, b.large); err != nil {
+	if err := d.publish(ctx, b.small, b.smallTo, b.large, b.largeTo); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -352,6 +419,9 @@ type batch struct {
 	small [][]byte // the envelopes, slices of buf
 	large [][]byte
 	seen  map[uint64]int // envelope hash → how many times met
+
+	// The notification channel of each small and large envelope.
+	smallTo, largeTo []string
 }
 
 // maxKeptBatch bounds the scratch space kept for the next batch, in bytes.
@@ -368,13 +438,37 @@ func (b *batch) reset() {
 	clear(b.large)
 	b.large = b.large[:0]
 	clear(b.seen)
+	clear(b.smallTo)
+	b.smallTo = b.smallTo[:0]
+	clear(b.largeTo)
+	b.largeTo = b.largeTo[:0]
 }
 
-const notifyManySQL = "SELECT pg_notify($1, p) FROM " + asyncCommit + ", unnest($2::text[]) AS p"
+// notifyManySQL notifies the payloads $2 on channel $1; notifyRoutedSQL
+// notifies each payload of $2 on its own channel, in $1.
+const (
+	notifyManySQL   = "SELECT pg_notify($1, p) FROM " + asyncCommit + ", unnest($2::text[]) AS p"
+	notifyRoutedSQL = "SELECT pg_notify(c, p) FROM " + asyncCommit + ", unnest($1::text[], $2::text[]) AS m(c, p)"
+)
+
+// queueSmall queues in b the notification of the small envelopes, each on
+// its channel in to.
+func (d *driver) queueSmall(b *pgx.Batch, small [][]byte, to []string) {
+	switch {
+	case len(small) == 0:
+	case len(small) == 1:
+		b.Queue(notifySQL, to[0], small[0])
+	case d.routes == nil:
+		b.Queue(notifyManySQL, d.channel, small)
+	default:
+		b.Queue(notifyRoutedSQL, to, small)
+	}
+}
 
 // publish sends the small envelopes as notifications and stores the large
 // ones, in one round trip (two when the payload table must be created first).
-func (d *driver) publish(ctx context.Context, small, large [][]byte) error {
+// smallTo and largeTo name the notification channel of each envelope.
+func (d *driver) publish(ctx context.Context, small [][]byte, smallTo []string, large [][]byte, largeTo []string) error {
 	var errs []error
 	if len(large) > 0 {
 		if err := d.ensureTable(ctx, len(large[0])); err != nil {
@@ -386,19 +480,15 @@ func (d *driver) publish(ctx context.Context, small, large [][]byte) error {
 	switch {
 	case len(large) == 0 && len(small) == 0:
 	case len(large) == 0 && len(small) == 1:
-		_, err = d.pool.Exec(ctx, notifySQL, d.channel, small[0])
-	case len(large) == 0:
+		_, err = d.pool.Exec(ctx, notifySQL, smallTo[0], small[0])
+	case len(large) == 0 && d.routes == nil:
 		_, err = d.pool.Exec(ctx, notifyManySQL, d.channel, small)
+	case len(large) == 0:
+		_, err = d.pool.Exec(ctx, notifyRoutedSQL, smallTo, small)
 	default:
 		b := &pgx.Batch{}
-		switch len(small) {
-		case 0:
-		case 1:
-			b.Queue(notifySQL, d.channel, small[0])
-		default:
-			b.Queue(notifyManySQL, d.channel, small)
-		}
-		if err = d.queueLarge(ctx, b, large); err == nil {
+		d.queueSmall(b, small, smallTo)
+		if err = d.queueLarge(ctx, b, large, largeTo); err == nil {
 			err = d.pool.SendBatch(ctx, b).Close()
 		}
 		if err != nil {

@@ -3,6 +3,8 @@ package natssync_test
 import (
 	"testing"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/edgesync/edgesync/drivers/drivertest"
 	"github.com/edgesync/edgesync/drivers/natssync"
 	"github.com/edgesync/edgesync/edge"
@@ -19,5 +21,5 @@ func BenchmarkLatency(b *testing.B) { drivertest.BenchmarkLatency(b, benchSync, 
 // benchSync gives each instance a connection of its own, as two processes
 // would have.
 func benchSync(tb testing.TB, channel string) edge.Sync {
-	return natssync.New(natssync.Options{Conn: connect(tb), Channel: channel})
+	return natssync.New(natssync.Options{Conn: connect(tb, nats.NoEcho()), Channel: channel})
 }

@@ -86,9 +86,13 @@
 //
 // A subscription that cannot keep up (nats.go's pending limits, a "slow
 // consumer") loses messages: the driver reports how many at
-// edge.StageDelivery. Instances that share one connection hear each other,
-// unless the connection was made with nats.NoEcho, which silences them:
-// give each instance a connection of its own, or leave NoEcho unset.
+// edge.StageDelivery.
+//
+// Instances may share one connection, but then they hear each other only
+// when it was made without nats.NoEcho. The cheapest setup is a connection
+// of its own for each instance, made with nats.NoEcho: the server then does
+// not send an instance its own messages back, which the driver would
+// otherwise receive and drop.
 package natssync
 
 import (
@@ -217,7 +221,7 @@ type driver struct {
 	outage   *reconnect.Outage
 
 	closed atomic.Bool
-	bufs   sync.Pool // of *[]byte
+	bufs   sync.Pool // of *pubBuffer
 	wg     sync.WaitGroup
 
 	// quietMu is held while a message is delivered; quiet, set by Close,
@@ -234,19 +238,35 @@ type driver struct {
 
 var _ edge.BatchDriver = (*driver)(nil)
 
-func (d *driver) getBuffer() *[]byte {
-	if b, ok := d.bufs.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, 0, 512)
-	return &b
+// pubBuffer is what one publishing call owns: the buffer its envelopes are
+// encoded into, and the subject of the last address it published to, which
+// the next message, most often to the same topic, reuses.
+type pubBuffer struct {
+	buf              []byte
+	namespace, topic string
+	subject          string // "" until the first message
 }
 
-func (d *driver) putBuffer(b *[]byte) {
-	if cap(*b) > maxPooledBuffer {
+// subjectOf returns the subject of a message to topic in namespace.
+func (b *pubBuffer) subjectOf(channel, namespace, topic string) string {
+	if b.subject == "" || namespace != b.namespace || topic != b.topic {
+		b.namespace, b.topic, b.subject = namespace, topic, subject(channel, namespace, topic)
+	}
+	return b.subject
+}
+
+func (d *driver) getBuffer() *pubBuffer {
+	if b, ok := d.bufs.Get().(*pubBuffer); ok {
+		return b
+	}
+	return &pubBuffer{buf: make([]byte, 0, 512)}
+}
+
+func (d *driver) putBuffer(b *pubBuffer) {
+	if cap(b.buf) > maxPooledBuffer || len(b.namespace)+len(b.topic) > maxPooledBuffer {
 		return
 	}
-	*b = (*b)[:0]
+	b.buf = b.buf[:0]
 	d.bufs.Put(b)
 }
 
@@ -256,14 +276,14 @@ func (d *driver) errClosed(op string) error {
 
 // publish encodes msg into buf and hands it to the connection, which copies
 // it into its buffer.
-func (d *driver) publish(buf *[]byte, msg edge.Message) error {
+func (d *driver) publish(b *pubBuffer, msg edge.Message) error {
 	var err error
-	*buf, err = d.signer.AppendEncode((*buf)[:0], d.id, msg)
+	b.buf, err = d.signer.AppendEncode(b.buf[:0], d.id, msg)
 	if err != nil {
 		return fmt.Errorf("natssync: publish: %w", err)
 	}
-	subj := subject(d.channel, msg.Namespace, msg.Topic)
-	if err := d.conn.Publish(subj, *buf); err != nil {
+	subj := b.subjectOf(d.channel, msg.Namespace, msg.Topic)
+	if err := d.conn.Publish(subj, b.buf); err != nil {
 		return fmt.Errorf("natssync: publish to %q: %w", subj, err)
 	}
 	return nil

@@ -612,3 +612,30 @@ func TestSilentConnectionIsReported(t *testing.T) {
 		t.Errorf("reported at StageSubscribe %d times, want once for the outage: %v", len(errs), errs)
 	}
 }
+
+// A message of a batch that the server refuses, larger than its max_payload,
+// is reported, and the others of the batch are relayed all the same.
+func TestBatchGoesPastARefusedMessage(t *testing.T) {
+	t.Parallel()
+	nc := connect(t)
+	channel := testenv.Channel(t)
+	a, err := natssync.New(natssync.Options{Conn: nc, Channel: channel})(edge.Instance{ID: edge.NewID(), Report: func(error, edge.Stage) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, _ := newHub(t, natssync.New(natssync.Options{Conn: connect(t), Channel: channel}))
+	got := join(t, b, "/ns", "t")
+	huge := make([]byte, nc.MaxPayload()+1)
+	batch := []edge.Message{
+		{Namespace: "/ns", Topic: "t", Data: edge.Text("before")},
+		{Namespace: "/ns", Topic: "t", Data: edge.Binary(huge)},
+		{Namespace: "/ns", Topic: "t", Data: edge.Text("after")},
+	}
+	err = a.(edge.BatchDriver).PublishBatch(context.Background(), batch)
+	if !errors.Is(err, nats.ErrMaxPayload) {
+		t.Errorf("PublishBatch: %v, want nats.ErrMaxPayload", err)
+	}
+	got.waitText(t, "before")
+	got.waitText(t, "after")
+}

@@ -14,11 +14,19 @@ func NewWithProbeTiming(opts Options, interval, timeout time.Duration) edge.Sync
 	return func(inst edge.Instance) (edge.Driver, error) {
 		d, err := sync(inst)
 		if err == nil {
-			d.(*driver).interval = interval
-			d.(*driver).timeout = timeout
+			unwrap(d).interval = interval
+			unwrap(d).timeout = timeout
 		}
 		return d, err
 	}
+}
+
+// unwrap returns the driver of a broadcast or routed instance.
+func unwrap(d edge.Driver) *driver {
+	if rd, ok := d.(routedDriver); ok {
+		return rd.driver
+	}
+	return d.(*driver)
 }
 
 // RouteProbe sees into the routed driver a Sync of NewRoutedForTest built.

@@ -9,9 +9,10 @@
 // subscribes to one Redis channel, named by Options.Channel and used as it
 // is. Each message is one envelope (package envelope) stamped with the
 // instance id, the format of the crossws sync backplane, so a Node crossws
-// instance on the same channel and the same Redis joins the cluster. An instance drops its own echo. A payload
-// that is not an envelope, or is larger than Options.MaxMessageBytes, is
-// dropped and reported at edge.StageDelivery; nothing else is disturbed.
+// instance on the same channel and the same Redis joins the cluster. An
+// instance drops its own echo. A payload that is not an envelope, or is
+// larger than Options.MaxMessageBytes, is dropped and reported at
+// edge.StageDelivery; nothing else is disturbed.
 //
 // # Routed clusters
 //

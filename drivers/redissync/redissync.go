@@ -412,7 +412,14 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 		d.stop()
 	}()
 	// Dial and send SUBSCRIBE; the loop reads the confirmation.
-	err := ps.Subscribe(loopCtx, d.listen)
+	var err error
+	if d.routes != nil {
+		// The buckets routed so far go first: the confirmation of the
+		// probe channel, which comes last, finds them subscribed.
+		err = d.routes.subscribeFirst(loopCtx, ps, d.listen)
+	} else {
+		err = ps.Subscribe(loopCtx, d.listen)
+	}
 	first := make(chan error, 1)
 	go d.loop(loopCtx, ps, deliver, first, err)
 	go d.prober(loopCtx)
@@ -572,14 +579,16 @@ func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.M
 // driver is stopping. It sends SUBSCRIBE on the new connection; when that
 // fails, the next ReceiveTimeout dials again.
 func (d *driver) renew(ctx context.Context) *redis.PubSub {
-	channels := []string{d.listen}
+	var channels []string
 	if d.routes != nil {
 		// No bucket changes while the PubSub is replaced: the new one
-		// subscribes every bucket subscribed now.
+		// subscribes every bucket subscribed now, before the probe
+		// channel, whose confirmation then finds them subscribed.
 		d.routes.subMu.Lock()
 		defer d.routes.subMu.Unlock()
-		channels = append(channels, d.routes.subscribed()...)
+		channels = d.routes.subscribed()
 	}
+	channels = append(channels, d.listen)
 	ps := d.client.Subscribe(ctx)
 	d.mu.Lock()
 	if d.stopped {

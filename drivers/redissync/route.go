@@ -2,7 +2,6 @@ package redissync
 
 import (
 	"context"
-	"hash/fnv"
 	"strconv"
 	"sync"
 	"time"
@@ -94,9 +93,12 @@ func (r *router) name(b uint32) string {
 // bucket returns the bucket of topic: FNV-1a of the topic, modulo the
 // number of buckets.
 func (r *router) bucket(topic string) uint32 {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(topic))
-	return h.Sum32() % r.buckets
+	h := uint32(2166136261) // FNV-1a, 32 bits
+	for i := 0; i < len(topic); i++ {
+		h ^= uint32(topic[i])
+		h *= 16777619
+	}
+	return h % r.buckets
 }
 
 // bucketChannel returns the Redis channel of topic's bucket.
@@ -222,6 +224,27 @@ func (r *router) pass(ctx context.Context, current func() *redis.PubSub) (time.D
 		r.count(len(sub), len(unsub))
 	}
 	return next, pending
+}
+
+// subscribeFirst sends the first SUBSCRIBE of ps: the buckets routed so far,
+// then listen.
+func (r *router) subscribeFirst(ctx context.Context, ps *redis.PubSub, listen string) error {
+	r.subMu.Lock()
+	defer r.subMu.Unlock()
+	r.mu.Lock()
+	var channels []string
+	for b := range r.pending {
+		if r.refs[b] > 0 {
+			r.subbed[b] = struct{}{}
+			channels = append(channels, r.name(b))
+		}
+	}
+	clear(r.pending)
+	r.mu.Unlock()
+	if r.count != nil {
+		r.count(len(channels), 0)
+	}
+	return ps.Subscribe(ctx, append(channels, listen)...)
 }
 
 // subscribed returns the bucket channels subscribed now. subMu is held.

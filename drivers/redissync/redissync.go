@@ -189,7 +189,8 @@ type Options struct {
 	Routed bool
 	// RouteBuckets is the number of bucket channels a routed cluster hashes
 	// its topics into, which bounds the Redis subscriptions of an
-	// instance. 0 means DefaultRouteBuckets. Unused unless Routed.
+	// instance. 0 means DefaultRouteBuckets; more than MaxRouteBuckets is
+	// an error. Unused unless Routed.
 	RouteBuckets int
 	// RouteLinger is how long a routed instance stays subscribed to a
 	// bucket channel after the last of its topics went away, so that a
@@ -201,7 +202,8 @@ type Options struct {
 
 // New returns the edge.Sync that builds, for each instance, a driver relaying
 // through Redis pub/sub as opts say. The Sync returns an error when
-// opts.Client or opts.Channel is missing, or a key of opts.Keys is empty.
+// opts.Client or opts.Channel is missing, a key of opts.Keys is empty, or
+// opts.RouteBuckets is out of range.
 //
 // The driver also implements edge.BatchDriver: a batch is sent as one
 // pipeline. It reports a lost subscription at edge.StageSubscribe once per
@@ -217,6 +219,9 @@ func New(opts Options) edge.Sync {
 		}
 		if inst.ID == "" {
 			return nil, errors.New("redissync: the instance has no ID")
+		}
+		if opts.RouteBuckets < 0 || opts.RouteBuckets > MaxRouteBuckets {
+			return nil, fmt.Errorf("redissync: Options.RouteBuckets is %d, want 0 to %d", opts.RouteBuckets, MaxRouteBuckets)
 		}
 		signer, err := envelope.NewSigner(opts.Channel, opts.Keys)
 		if err != nil {

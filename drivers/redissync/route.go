@@ -19,6 +19,8 @@ const (
 	// DefaultRouteLinger is how long a bucket channel stays subscribed
 	// after its last topic went away, when Options.RouteLinger is zero.
 	DefaultRouteLinger = 2 * time.Second
+	// MaxRouteBuckets is the largest Options.RouteBuckets.
+	MaxRouteBuckets = 1 << 20
 )
 
 // routedDriver is the driver of a routed instance: it receives only the

@@ -36,6 +36,16 @@ func TestBroadcastIsNotRouted(t *testing.T) {
 	}
 }
 
+// A number of buckets out of range is an error, not a panic.
+func TestRouteBucketsAreValidated(t *testing.T) {
+	for _, n := range []int{-1, redissync.MaxRouteBuckets + 1} {
+		_, err := redissync.New(redissync.Options{Client: newClient(t), Channel: testenv.Channel(t), Routed: true, RouteBuckets: n})(edge.Instance{ID: edge.NewID()})
+		if err == nil || !strings.Contains(err.Error(), "RouteBuckets") {
+			t.Errorf("RouteBuckets %d: got %v, want an error naming RouteBuckets", n, err)
+		}
+	}
+}
+
 // newSyncHub starts a Hub on sync, closed when t ends.
 func newSyncHub(t *testing.T, rs edge.Sync) (*edge.Hub, *testenv.ErrorLog) {
 	t.Helper()

@@ -5,13 +5,45 @@
 //
 // # Wire
 //
-// Every instance of a cluster publishes to and subscribes to one Redis
-// channel, named by Options.Channel and used as it is. Each message is one
-// envelope (package envelope) stamped with the instance id, the format of the
-// crossws sync backplane, so a Node crossws instance on the same channel and
-// the same Redis joins the cluster. An instance drops its own echo. A payload
-// that is not an envelope, or is larger than Options.MaxMessageBytes, is
-// dropped and reported at edge.StageDelivery; nothing else is disturbed.
+// Every instance of a broadcast cluster (the default) publishes to and
+// subscribes to one Redis channel, named by Options.Channel and used as it
+// is. Each message is one envelope (package envelope) stamped with the
+// instance id, the format of the crossws sync backplane, so a Node crossws
+// instance on the same channel and the same Redis joins the cluster. An
+// instance drops its own echo. A payload that is not an envelope, or is
+// larger than Options.MaxMessageBytes, is dropped and reported at
+// edge.StageDelivery; nothing else is disturbed.
+//
+// # Routed clusters
+//
+// With Options.Routed, an instance receives only the messages of the topics
+// its Hub routes (edge.RoutedDriver) instead of every message of the
+// channel. Topics are hashed (FNV-1a) into Options.RouteBuckets bucket
+// channels, named "<channel>:r:<bucket>", so that an instance holds a
+// bounded number of Redis subscriptions however many topics it serves. A
+// message goes to the bucket channel of its topic, whatever its namespace,
+// with one PUBLISH; Redis delivers it to the instances subscribed to that
+// bucket only, and a publish to a topic no instance routes costs Redis one
+// PUBLISH and the instances nothing. An instance drops the messages of a
+// bucket's other topics, undelivered. A namespace-wide publish (Namespace
+// "") reaches every namespace of the instances that route its topic, and
+// Hub.SendTo reaches a peer through the topic of its own that its Hub
+// routes.
+//
+// The driver subscribes and unsubscribes bucket channels in the background,
+// on its one subscription connection: the buckets that stay subscribed lose
+// nothing meanwhile. A bucket whose last topic went away stays subscribed
+// for Options.RouteLinger, and is kept when one of its topics comes back
+// within it, so that a topic that flaps costs no command. After a
+// reconnection every wanted bucket is subscribed again. The probes of the
+// liveness check (below) go to "<channel>:p:<instance id>", a channel of
+// the instance's own.
+//
+// Every instance of a routed cluster must set Routed and the same
+// RouteBuckets. A crossws instance speaks broadcast only: it cannot join a
+// routed cluster (it publishes to, and listens on, the channel itself,
+// which routed instances neither read nor write). Broadcast stays the
+// default.
 //
 // # Signed clusters
 //
@@ -40,10 +72,11 @@
 // peer that froze) and a subscription can look healthy and receive nothing (a
 // failover that left it on the wrong server). So every second, whatever the
 // traffic, the driver sends PING on the subscription connection, and
-// publishes a probe through the client's pool to its own channel. When the
-// PONG or the probe has not come back within 2 seconds, the subscription is
-// reported lost at edge.StageSubscribe and replaced: a dead subscription is
-// found out within 3 seconds. A probe is the JSON object
+// publishes a probe through the client's pool to the channel it subscribes
+// (in a routed cluster, a probe channel of its own). When the PONG or the
+// probe has not come back within 2 seconds, the subscription is reported
+// lost at edge.StageSubscribe and replaced: a dead subscription is found out
+// within 3 seconds. A probe is the JSON object
 // {"edgesync":"probe","id":"<instance id>","n":<number>}, not an envelope:
 // other instances, and crossws instances, drop it without a report. Probes
 // that cannot be published (the publishing side is down too) prove nothing
@@ -147,11 +180,30 @@ type Options struct {
 	// key should be at least 32 random bytes; an empty key is an error.
 	// See envelope.Signer for the format.
 	Keys [][]byte
+	// Routed relays by topic (edge.RoutedDriver): the driver of New then
+	// implements edge.RoutedDriver, and an instance receives only the
+	// messages of the topics its Hub routes. See "Routed clusters" in the
+	// package documentation. Every instance of a cluster must agree on
+	// Routed and on RouteBuckets; a crossws instance cannot join a routed
+	// cluster.
+	Routed bool
+	// RouteBuckets is the number of bucket channels a routed cluster hashes
+	// its topics into, which bounds the Redis subscriptions of an
+	// instance. 0 means DefaultRouteBuckets; more than MaxRouteBuckets is
+	// an error. Unused unless Routed.
+	RouteBuckets int
+	// RouteLinger is how long a routed instance stays subscribed to a
+	// bucket channel after the last of its topics went away, so that a
+	// topic that flaps costs no UNSUBSCRIBE and SUBSCRIBE. 0 means
+	// DefaultRouteLinger; a negative value releases a bucket at once.
+	// Unused unless Routed.
+	RouteLinger time.Duration
 }
 
 // New returns the edge.Sync that builds, for each instance, a driver relaying
 // through Redis pub/sub as opts say. The Sync returns an error when
-// opts.Client or opts.Channel is missing, or a key of opts.Keys is empty.
+// opts.Client or opts.Channel is missing, a key of opts.Keys is empty, or
+// opts.RouteBuckets is out of range.
 //
 // The driver also implements edge.BatchDriver: a batch is sent as one
 // pipeline. It reports a lost subscription at edge.StageSubscribe once per
@@ -167,6 +219,9 @@ func New(opts Options) edge.Sync {
 		}
 		if inst.ID == "" {
 			return nil, errors.New("redissync: the instance has no ID")
+		}
+		if opts.RouteBuckets < 0 || opts.RouteBuckets > MaxRouteBuckets {
+			return nil, fmt.Errorf("redissync: Options.RouteBuckets is %d, want 0 to %d", opts.RouteBuckets, MaxRouteBuckets)
 		}
 		signer, err := envelope.NewSigner(opts.Channel, opts.Keys)
 		if err != nil {
@@ -191,6 +246,14 @@ func New(opts Options) edge.Sync {
 		d.outage = reconnect.NewOutage(d.report)
 		d.echo = envelope.EchoPrefix(inst.ID)
 		d.probe = probe.Prefix(inst.ID)
+		d.listen = d.channel
+		if opts.Routed {
+			// The probes of a routed instance go to a channel of its own,
+			// so that no instance receives another's.
+			d.listen = d.channel + ":p:" + inst.ID
+			d.routes = newRouter(d.channel, opts.RouteBuckets, opts.RouteLinger)
+			return routedDriver{d}, nil
+		}
 		return d, nil
 	}
 }
@@ -200,6 +263,8 @@ type driver struct {
 	signer   *envelope.Signer // nil: unsigned
 	client   redis.UniversalClient
 	channel  string
+	listen   string  // the channel subscribed for probes, and in broadcast for every message
+	routes   *router // nil: broadcast
 	maxBytes int
 	id       string
 	report   func(error, edge.Stage)
@@ -263,8 +328,9 @@ func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
 	if err != nil {
 		return fmt.Errorf("redissync: publish: %w", err)
 	}
-	if err := d.client.Publish(ctx, d.channel, b.buf).Err(); err != nil {
-		return fmt.Errorf("redissync: publish to %q: %w", d.channel, err)
+	channel := d.publishChannel(msg.Topic)
+	if err := d.client.Publish(ctx, channel, b.buf).Err(); err != nil {
+		return fmt.Errorf("redissync: publish to %q: %w", channel, err)
 	}
 	return nil
 }
@@ -294,8 +360,8 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 	// The payloads are sliced only now that b.buf has stopped growing.
 	_, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		start := 0
-		for _, end := range b.ends {
-			p.Publish(ctx, d.channel, b.buf[start:end:end])
+		for i, end := range b.ends {
+			p.Publish(ctx, d.publishChannel(msgs[i].Topic), b.buf[start:end:end])
 			start = end
 		}
 		return nil
@@ -304,6 +370,15 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 		return fmt.Errorf("redissync: publish %d messages to %q: %w", len(msgs), d.channel, err)
 	}
 	return nil
+}
+
+// publishChannel returns the channel a message of topic goes to: the
+// cluster's channel, or in a routed cluster the topic's bucket channel.
+func (d *driver) publishChannel(topic string) string {
+	if d.routes == nil {
+		return d.channel
+	}
+	return d.routes.bucketChannel(topic)
 }
 
 // Subscribe subscribes to the channel on a connection of its own and starts
@@ -330,6 +405,9 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 	d.ps = d.client.Subscribe(loopCtx) // no channel yet: no network
 	ps := d.ps
 	d.wg.Add(3)
+	if d.routes != nil {
+		d.wg.Add(1)
+	}
 	d.mu.Unlock()
 
 	// When ctx is done, stop the loop as Close does.
@@ -339,10 +417,24 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 		d.stop()
 	}()
 	// Dial and send SUBSCRIBE; the loop reads the confirmation.
-	err := ps.Subscribe(loopCtx, d.channel)
+	var err error
+	if d.routes != nil {
+		// The buckets routed so far go first: the confirmation of the
+		// probe channel, which comes last, finds them subscribed.
+		err = d.routes.subscribeFirst(loopCtx, ps, d.listen)
+	} else {
+		err = ps.Subscribe(loopCtx, d.listen)
+	}
 	first := make(chan error, 1)
 	go d.loop(loopCtx, ps, deliver, first, err)
 	go d.prober(loopCtx)
+	if d.routes != nil {
+		go func() {
+			defer d.wg.Done()
+			d.routes.run(loopCtx, d.current)
+		}()
+		d.routes.wake() // for the routes the Hub set before Subscribe
+	}
 	select {
 	case err := <-first:
 		return err
@@ -456,11 +548,11 @@ func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.M
 		}
 		switch m := v.(type) {
 		case *redis.Subscription:
-			if m.Kind != "subscribe" || m.Channel != d.channel {
+			if m.Kind != "subscribe" || m.Channel != d.listen {
 				continue
 			}
 		case *redis.Message:
-			if m.Channel != d.channel {
+			if m.Channel != d.listen && (d.routes == nil || !strings.HasPrefix(m.Channel, d.channel+":r:")) {
 				continue
 			}
 			scratch = d.handle(m.Payload, deliver, scratch)
@@ -492,6 +584,16 @@ func (d *driver) loop(ctx context.Context, ps *redis.PubSub, deliver func(edge.M
 // driver is stopping. It sends SUBSCRIBE on the new connection; when that
 // fails, the next ReceiveTimeout dials again.
 func (d *driver) renew(ctx context.Context) *redis.PubSub {
+	var channels []string
+	if d.routes != nil {
+		// No bucket changes while the PubSub is replaced: the new one
+		// subscribes every bucket subscribed now, before the probe
+		// channel, whose confirmation then finds them subscribed.
+		d.routes.subMu.Lock()
+		defer d.routes.subMu.Unlock()
+		channels = d.routes.subscribed()
+	}
+	channels = append(channels, d.listen)
 	ps := d.client.Subscribe(ctx)
 	d.mu.Lock()
 	if d.stopped {
@@ -503,8 +605,15 @@ func (d *driver) renew(ctx context.Context) *redis.PubSub {
 	d.ps = ps
 	d.mu.Unlock()
 	_ = old.Close()
-	_ = ps.Subscribe(ctx, d.channel)
+	_ = ps.Subscribe(ctx, channels...)
 	return ps
+}
+
+// current returns the subscription of the moment, nil once stopped.
+func (d *driver) current() *redis.PubSub {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ps
 }
 
 // prober publishes a probe through the client's pool every interval while
@@ -520,7 +629,7 @@ func (d *driver) prober(ctx context.Context) {
 	d.probes.Run(ctx, d.probe, d.interval, d.timeout, func(ctx context.Context, payload []byte) error {
 		done := make(chan error, 1)
 		payload = bytes.Clone(payload) // Run reuses its buffer
-		go func() { done <- d.client.Publish(ctx, d.channel, payload).Err() }()
+		go func() { done <- d.client.Publish(ctx, d.listen, payload).Err() }()
 		select {
 		case err := <-done:
 			return err
@@ -565,6 +674,9 @@ func (d *driver) handle(payload string, deliver func(edge.Message), scratch []by
 		return scratch
 	}
 	d.probes.Heard()
+	if d.routes != nil && !d.routes.wants(msg.Topic) {
+		return scratch // another topic of the bucket, or a lingering bucket
+	}
 	d.deliver(deliver, msg)
 	return scratch
 }

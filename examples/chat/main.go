@@ -13,10 +13,14 @@
 //	go run ./examples/chat -addr :8080 -redis redis://127.0.0.1:6379/0
 //	go run ./examples/chat -addr :8081 -redis redis://127.0.0.1:6379/0
 //
-// -redis URL, -postgres URL and -cluster SOCKET choose the backplane (one
-// at most), -channel NAME the channel the servers share. Each flag defaults
-// to an environment variable: EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL,
-// EDGESYNC_CLUSTER_SOCKET and EDGESYNC_CHANNEL. chat -h prints them.
+// -redis URL, -postgres URL, -nats URL and -cluster SOCKET choose the
+// backplane (one at most), -channel NAME the channel the servers share.
+// -routed relays by topic on Redis or Postgres: each server receives only
+// the rooms its clients are in (every server of the chat alike; crossws
+// cannot join). Each flag defaults to an environment variable:
+// EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL, EDGESYNC_NATS_URL,
+// EDGESYNC_CLUSTER_SOCKET, EDGESYNC_ROUTED (1 for on) and EDGESYNC_CHANNEL.
+// chat -h prints them.
 //
 // -secret KEYS (or EDGESYNC_SECRET) signs the backplane: every server of the
 // chat must be given the same secret, and drops what is not signed with it.
@@ -105,7 +109,9 @@ type config struct {
 	addr        string
 	redis       string // Redis URL
 	postgres    string // Postgres connection string
+	nats        string // NATS URL
 	cluster     string // Unix socket path
+	routed      bool   // relay by topic
 	channel     string
 	secret      string        // comma-separated signing keys, the first signs
 	apigw       string        // API Gateway management endpoint, "" for none
@@ -138,13 +144,14 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		fmt.Fprint(fs.Output(), `Usage: chat [flags]
 
 Serves a chat room at http://ADDR/ and its WebSocket endpoint at /_ws.
-With -redis, -postgres or -cluster (one at most), instances on the same
-channel form one room. With -apigw-endpoint and -redis or -postgres, the
+With -redis, -postgres, -nats or -cluster (one at most), instances on the
+same channel form one room; -routed (Redis, Postgres) relays by topic. With -apigw-endpoint and -redis or -postgres, the
 clients of examples/chat-lambda behind that API Gateway WebSocket API are
 in the room too (AWS credentials from the default chain; dummy ones for
 a local emulator at a loopback http URL when none are configured).
 The flags default to environment variables: EDGESYNC_REDIS_URL,
-EDGESYNC_POSTGRES_URL, EDGESYNC_CLUSTER_SOCKET, EDGESYNC_CHANNEL,
+EDGESYNC_POSTGRES_URL, EDGESYNC_NATS_URL, EDGESYNC_CLUSTER_SOCKET,
+EDGESYNC_ROUTED (1 for on), EDGESYNC_CHANNEL,
 EDGESYNC_SECRET, EDGESYNC_APIGW_ENDPOINT, EDGESYNC_INSTANCE_NAME and
 EDGESYNC_PRESENCE_TTL. SIGINT or SIGTERM stops the server.
 
@@ -155,7 +162,9 @@ Flags:
 	fs.StringVar(&cfg.addr, "addr", ":8080", "address to listen on")
 	fs.StringVar(&cfg.redis, "redis", getenv("EDGESYNC_REDIS_URL"), "relay over Redis at this URL")
 	fs.StringVar(&cfg.postgres, "postgres", getenv("EDGESYNC_POSTGRES_URL"), "relay over Postgres at this URL")
+	fs.StringVar(&cfg.nats, "nats", getenv("EDGESYNC_NATS_URL"), "relay over NATS at this URL")
 	fs.StringVar(&cfg.cluster, "cluster", getenv("EDGESYNC_CLUSTER_SOCKET"), "relay between processes on this host over this Unix socket")
+	fs.BoolVar(&cfg.routed, "routed", getenv("EDGESYNC_ROUTED") == "1", "relay by topic: each server receives only its clients' rooms (-redis or -postgres; every server of the chat alike)")
 	fs.StringVar(&cfg.channel, "channel", cmp.Or(getenv("EDGESYNC_CHANNEL"), "edgesync-chat"), "channel the servers of one chat share")
 	fs.StringVar(&cfg.secret, "secret", getenv("EDGESYNC_SECRET"), "sign the backplane with these comma-separated `keys`: the first signs, any is accepted (rotate with \"new,old\", then \"new\")")
 	fs.StringVar(&cfg.apigw, "apigw-endpoint", getenv("EDGESYNC_APIGW_ENDPOINT"), "post to the connections of the API Gateway WebSocket API with this management endpoint `URL` (needs -redis or -postgres)")
@@ -176,14 +185,8 @@ Flags:
 	if cfg.presenceTTL < minPresenceTTL {
 		return fail(fmt.Errorf("-presence-ttl %v: want %v or more", cfg.presenceTTL, minPresenceTTL))
 	}
-	chosen := 0
-	for _, v := range []string{cfg.redis, cfg.postgres, cfg.cluster} {
-		if v != "" {
-			chosen++
-		}
-	}
-	if chosen > 1 {
-		return fail(errors.New("choose one backplane: -redis, -postgres or -cluster"))
+	if err := cfg.room().Check(); err != nil {
+		return fail(err)
 	}
 	if cfg.apigw != "" {
 		if err := checkEndpoint(cfg.apigw); err != nil {
@@ -330,13 +333,19 @@ func (f *freshConns) closeAll() {
 	clear(f.conns)
 }
 
+// room returns the backplane cfg chooses.
+func (cfg config) room() chatroom.Config {
+	return chatroom.Config{
+		Redis: cfg.redis, Postgres: cfg.postgres, NATS: cfg.nats, Cluster: cfg.cluster,
+		Channel: cfg.channel, Secret: cfg.secret, Routed: cfg.routed,
+	}
+}
+
 // newHub opens the backplane cfg chooses and starts the hub on it: with its
 // presence Registry, and with an apigw.Gateway on its Registry when cfg
 // has an API Gateway endpoint. onError nil logs the hub's errors.
 func newHub(ctx context.Context, cfg config, onError func(error, edge.ErrorInfo)) (*chatroom.Backplane, *edge.Hub, error) {
-	backplane, err := chatroom.Open(ctx, chatroom.Config{
-		Redis: cfg.redis, Postgres: cfg.postgres, Cluster: cfg.cluster, Channel: cfg.channel, Secret: cfg.secret,
-	})
+	backplane, err := chatroom.Open(ctx, cfg.room())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -380,6 +389,8 @@ func backplaneName(cfg config) string {
 		return "redis"
 	case cfg.postgres != "":
 		return "postgres"
+	case cfg.nats != "":
+		return "nats"
 	case cfg.cluster != "":
 		return "cluster"
 	}

@@ -22,10 +22,12 @@ import (
 	"strings"
 
 	"github.com/edgesync/edgesync/drivers/clustersync"
+	"github.com/edgesync/edgesync/drivers/natssync"
 	"github.com/edgesync/edgesync/drivers/pgsync"
 	"github.com/edgesync/edgesync/drivers/redissync"
 	"github.com/edgesync/edgesync/edge"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -58,14 +60,19 @@ func Page(wsPath string) http.Handler {
 	})
 }
 
-// Config chooses the backplane: Redis, Postgres or a Unix socket (one at
-// most), or none.
+// Config chooses the backplane: Redis, Postgres, NATS or a Unix socket (one
+// at most), or none.
 type Config struct {
 	Redis    string // Redis URL
 	Postgres string // Postgres connection string
+	NATS     string // NATS URL
 	Cluster  string // Unix socket path
 	Channel  string
 	Secret   string // comma-separated signing keys, the first signs
+	// Routed relays by topic (Redis and Postgres): an instance receives
+	// only the rooms' topics its clients subscribe to. Every instance of
+	// the chat sets it, or none does.
+	Routed bool
 }
 
 // Backplane is what the instances of one chat share: the Sync that relays
@@ -79,7 +86,7 @@ type Backplane struct {
 	// PresenceChannel(Channel), apart from Registry, whose connections are
 	// posted to. nil with Registry.
 	Presence edge.Registry
-	Name     string // "redis", "postgres", "cluster" or "none"
+	Name     string // "redis", "postgres", "nats", "cluster" or "none"
 	close    func()
 }
 
@@ -112,7 +119,7 @@ func Open(ctx context.Context, cfg Config) (*Backplane, error) {
 			return nil, err
 		}
 		return &Backplane{
-			Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys}),
+			Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys, Routed: cfg.Routed}),
 			Registry: reg, Presence: presence, Name: "redis", close: func() { client.Close() },
 		}, nil
 	case cfg.Postgres != "":
@@ -131,8 +138,17 @@ func Open(ctx context.Context, cfg Config) (*Backplane, error) {
 			return nil, err
 		}
 		return &Backplane{
-			Sync:     pgsync.New(pgsync.Options{Pool: pool, ConnString: cfg.Postgres, Channel: cfg.Channel, Keys: keys}),
+			Sync:     pgsync.New(pgsync.Options{Pool: pool, ConnString: cfg.Postgres, Channel: cfg.Channel, Keys: keys, Routed: cfg.Routed}),
 			Registry: reg, Presence: presence, Name: "postgres", close: pool.Close,
+		}, nil
+	case cfg.NATS != "":
+		nc, err := nats.Connect(cfg.NATS, nats.NoEcho(), nats.Name("edgesync-chat"))
+		if err != nil {
+			return nil, fmt.Errorf("-nats: %w", err)
+		}
+		return &Backplane{
+			Sync: natssync.New(natssync.Options{Conn: nc, Channel: natsChannel(cfg.Channel), Keys: keys}),
+			Name: "nats", close: nc.Close,
 		}, nil
 	case cfg.Cluster != "":
 		return &Backplane{
@@ -162,19 +178,38 @@ func SigningKeys(secret string) ([][]byte, error) {
 	return keys, nil
 }
 
-// ErrTwoBackplanes is returned for a Config that chooses more than one.
-var ErrTwoBackplanes = errors.New("choose one backplane: -redis, -postgres or -cluster")
+// natsChannel returns the NATS subject prefix of a chat channel: a channel
+// name may hold characters a subject token may not.
+func natsChannel(channel string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '.' || r == '*' || r == '>' || r <= ' ' || r > '~' {
+			return '_'
+		}
+		return r
+	}, channel)
+}
 
-// Check returns ErrTwoBackplanes when cfg chooses more than one backplane.
+// ErrTwoBackplanes is returned for a Config that chooses more than one.
+var ErrTwoBackplanes = errors.New("choose one backplane: -redis, -postgres, -nats or -cluster")
+
+// ErrRoutedBackplane is returned for a routed Config on a backplane that
+// does not route.
+var ErrRoutedBackplane = errors.New("-routed needs -redis or -postgres")
+
+// Check returns ErrTwoBackplanes when cfg chooses more than one backplane,
+// and ErrRoutedBackplane when it routes on one that does not route.
 func (cfg Config) Check() error {
 	n := 0
-	for _, v := range []string{cfg.Redis, cfg.Postgres, cfg.Cluster} {
+	for _, v := range []string{cfg.Redis, cfg.Postgres, cfg.NATS, cfg.Cluster} {
 		if v != "" {
 			n++
 		}
 	}
 	if n > 1 {
 		return ErrTwoBackplanes
+	}
+	if cfg.Routed && cfg.Redis == "" && cfg.Postgres == "" {
+		return ErrRoutedBackplane
 	}
 	return nil
 }

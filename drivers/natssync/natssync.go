@@ -28,20 +28,36 @@
 //
 // # Broadcast and routed modes
 //
-// The driver runs in broadcast mode: every instance subscribes once to
-// "<channel>.>" and receives every message of the cluster, whatever its
-// topic. The subjects already name the topic so that a routed mode can be
-// added without changing the wire: an instance will subscribe to
-// "<channel>.<namespace token>.<topic token>" when a topic gains its first
-// local subscriber and unsubscribe when it loses its last one (after a short
-// linger), and to "<channel>.<namespace token>.*" for a namespace in which
-// every topic is wanted; a namespace-wide publish (Namespace "") travels on
-// "<channel>.~.<topic token>", to which every routed instance holding that
-// topic in any namespace also subscribes. NATS routes each message only to
-// the servers and clients that subscribe to its subject, so a topic nobody
-// holds costs one publish and no instance anything. Broadcast and routed
-// instances share subjects: a broadcast instance receives everything a
-// routed one publishes.
+// By default the driver runs in broadcast mode: every instance subscribes
+// once to "<channel>.>" and receives every message of the cluster, whatever
+// its topic.
+//
+// With Options.Routed, the driver implements edge.RoutedDriver and an
+// instance subscribes only to the topics its Hub routes: to
+// "<channel>.*.<topic token>" when a topic gains its first local
+// subscriber, in any namespace, and never to "<channel>.>". The wildcard on
+// the namespace token takes in every namespace, the namespace-wide publish
+// (Namespace "", token "~") among them, and the receiving Hub delivers by
+// namespace as always. NATS routes each message only to the servers and
+// clients that subscribe to its subject, so a topic nobody holds costs one
+// publish and no instance anything, and an instance pays one subscription,
+// cheap in NATS, per routed topic. Topics whose names hash to one token
+// share a subscription; the driver delivers only the messages whose
+// envelope names a topic it routes.
+//
+// Route only records the change: a goroutine of the driver makes and ends
+// the subscriptions in the background, in the connection's buffer, without
+// waiting for the server. A topic that loses its last subscriber stays
+// subscribed for Options.RouteLinger (DefaultRouteLinger, 2 seconds, by
+// default), and is kept when it comes back within it, so that a topic that
+// flaps costs no SUB and UNSUB. nats.go sends every subscription again when
+// it reconnects, those made while it was away among them, so the routes
+// survive an outage of the server.
+//
+// The wire is the same in both modes, so broadcast and routed instances may
+// share a channel: a broadcast instance receives everything a routed one
+// publishes, and a routed one what a broadcast one publishes to the topics
+// it routes.
 //
 // # Signed clusters
 //
@@ -155,6 +171,17 @@ type Options struct {
 	// remove the old one. A key should be at least 32 random bytes; an
 	// empty key is an error. See envelope.Signer for the format.
 	Keys [][]byte
+	// Routed relays by topic (edge.RoutedDriver): the driver of New then
+	// implements edge.RoutedDriver and subscribes only to the subjects of
+	// the topics its Hub routes, instead of to every subject of the
+	// channel. See "Broadcast and routed modes" in the package
+	// documentation.
+	Routed bool
+	// RouteLinger is how long a routed instance stays subscribed to a
+	// topic after its Hub stopped routing it, so that a topic that comes
+	// back at once costs no UNSUB and SUB. 0 means DefaultRouteLinger; a
+	// negative value unsubscribes at once. Unused unless Routed.
+	RouteLinger time.Duration
 }
 
 // New returns the edge.Sync that builds, for each instance, a driver relaying
@@ -162,7 +189,8 @@ type Options struct {
 // or closed, opts.Channel is not a valid subject prefix, or a key of
 // opts.Keys is empty.
 //
-// The driver also implements edge.BatchDriver. It reports a lost connection
+// The driver also implements edge.BatchDriver, and with opts.Routed
+// edge.RoutedDriver. It reports a lost connection
 // at edge.StageSubscribe once per outage and reports nothing when the
 // connection is back: the next outage is reported again.
 func New(opts Options) edge.Sync {
@@ -202,6 +230,11 @@ func New(opts Options) edge.Sync {
 			d.report = func(error, edge.Stage) {}
 		}
 		d.outage = reconnect.NewOutage(d.report)
+		if opts.Routed {
+			d.wildcard = opts.Channel + ".*.*"
+			d.routes = newRouter(opts.Channel, opts.RouteLinger)
+			return routedDriver{d}, nil
+		}
 		return d, nil
 	}
 }
@@ -211,7 +244,7 @@ type driver struct {
 	signer   *envelope.Signer // nil: unsigned
 	conn     *nats.Conn
 	channel  string
-	wildcard string // the subscription of broadcast mode: "<channel>.>"
+	wildcard string // the subscription of broadcast mode, "<channel>.>"; routed, "<channel>.*.*", named in errors
 	maxBytes int
 	id       string
 	report   func(error, edge.Stage)
@@ -219,6 +252,7 @@ type driver struct {
 	interval time.Duration // see defaultCheckInterval
 	timeout  time.Duration // see defaultCheckTimeout
 	outage   *reconnect.Outage
+	routes   *router // nil: broadcast
 
 	closed atomic.Bool
 	bufs   sync.Pool // of *pubBuffer
@@ -358,8 +392,17 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 	// Registered before the subscription, so that no change of status
 	// after it is missed.
 	status := d.conn.StatusChanged()
-	sub, err := d.conn.Subscribe(d.wildcard, func(m *nats.Msg) { d.handle(m.Data, deliver) })
-	if err != nil {
+	handler := func(m *nats.Msg) { d.handle(m.Data, deliver) }
+	var sub *nats.Subscription
+	if d.routes == nil {
+		var err error
+		sub, err = d.conn.Subscribe(d.wildcard, handler)
+		if err != nil {
+			d.mu.Unlock()
+			d.conn.RemoveStatusListener(status)
+			return fmt.Errorf("natssync: subscribe to %q: %w", d.wildcard, err)
+		}
+	} else if err := refusal(d.conn); err != nil {
 		d.mu.Unlock()
 		d.conn.RemoveStatusListener(status)
 		return fmt.Errorf("natssync: subscribe to %q: %w", d.wildcard, err)
@@ -367,10 +410,23 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 	watchCtx, cancel := context.WithCancel(ctx)
 	d.sub, d.cancel = sub, cancel
 	d.wg.Add(1)
+	if d.routes != nil {
+		d.wg.Add(1)
+	}
 	d.mu.Unlock()
+	if d.routes != nil {
+		// The topics routed so far are subscribed before the PING
+		// that confirms them; the rest follow in the background.
+		d.routes.start(d.conn, handler)
+		go func() {
+			defer d.wg.Done()
+			d.routes.run(watchCtx, d.conn)
+		}()
+		d.routes.wake()
+	}
 
 	fctx, fcancel := context.WithTimeout(ctx, subscribeTimeout)
-	err = d.conn.FlushWithContext(fctx)
+	err := d.conn.FlushWithContext(fctx)
 	fcancel()
 	go d.watch(watchCtx, status, sub, err == nil)
 	if err != nil {
@@ -444,12 +500,33 @@ func (d *driver) watch(ctx context.Context, status chan nats.Status, sub *nats.S
 		}
 		everUp = true
 		d.outage.Restored()
-		if n, err := sub.Dropped(); err == nil && n > dropped {
-			d.report(fmt.Errorf("natssync: %d messages on %q dropped: the subscription could not keep up (slow consumer)",
-				n-dropped, d.wildcard), edge.StageDelivery)
-			dropped = n
+		if sub != nil {
+			if n, err := sub.Dropped(); err == nil && n > dropped {
+				d.reportDropped(n - dropped)
+				dropped = n
+			}
+		} else if n := d.routes.dropped(); n > 0 {
+			d.reportDropped(n)
 		}
 	}
+}
+
+// refusal returns the error with which conn refuses every subscription, or
+// nil.
+func refusal(conn *nats.Conn) error {
+	switch {
+	case conn.IsClosed():
+		return nats.ErrConnectionClosed
+	case conn.IsDraining():
+		return nats.ErrConnectionDraining
+	}
+	return nil
+}
+
+// reportDropped reports n messages lost to a slow consumer.
+func (d *driver) reportDropped(n int) {
+	d.report(fmt.Errorf("natssync: %d messages on %q dropped: the subscription could not keep up (slow consumer)",
+		n, d.wildcard), edge.StageDelivery)
 }
 
 // statusError says that the connection is not connected but s. A closed
@@ -488,6 +565,9 @@ func (d *driver) handle(payload []byte, deliver func(edge.Message)) {
 	if id == d.id {
 		return
 	}
+	if d.routes != nil && !d.routes.wants(msg.Topic) {
+		return // another topic of the same hashed token, or one lingering
+	}
 	d.deliver(deliver, msg)
 }
 
@@ -514,6 +594,9 @@ func (d *driver) stop() {
 	}
 	if sub != nil {
 		_ = sub.Unsubscribe() // fails only on a closed connection, which has dropped it
+	}
+	if d.routes != nil {
+		d.routes.stop()
 	}
 }
 

@@ -19,6 +19,10 @@ func TestChatOverNATS(t *testing.T) {
 	testTwoServers(t, config{nats: testenv.NATSURL(t), channel: testenv.Channel(t)})
 }
 
+func TestChatRoutedNATS(t *testing.T) {
+	testTwoServers(t, config{nats: testenv.NATSURL(t), routed: true, channel: testenv.Channel(t)})
+}
+
 func TestChatRoutedRedis(t *testing.T) {
 	testTwoServers(t, config{redis: testenv.RedisURL(t), routed: true, channel: testenv.Channel(t)})
 }
@@ -82,7 +86,7 @@ func awaitRoute(t *testing.T, fromURL string, fromOpened <-chan edge.Peer, toURL
 }
 
 func TestRoutedNeedsRedisOrPostgres(t *testing.T) {
-	for _, cfg := range []chatroom.Config{{Routed: true}, {Routed: true, NATS: "nats://x"}, {Routed: true, Cluster: "/s"}} {
+	for _, cfg := range []chatroom.Config{{Routed: true}, {Routed: true, Cluster: "/s"}} {
 		if err := cfg.Check(); !errors.Is(err, chatroom.ErrRoutedBackplane) {
 			t.Errorf("%+v: %v, want ErrRoutedBackplane", cfg, err)
 		}

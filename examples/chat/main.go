@@ -15,7 +15,7 @@
 //
 // -redis URL, -postgres URL, -nats URL and -cluster SOCKET choose the
 // backplane (one at most), -channel NAME the channel the servers share.
-// -routed relays by topic on Redis or Postgres: each server receives only
+// -routed relays by topic on Redis, Postgres or NATS: each server receives only
 // the rooms its clients are in (every server of the chat alike; crossws
 // cannot join). Each flag defaults to an environment variable:
 // EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL, EDGESYNC_NATS_URL,
@@ -145,7 +145,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 
 Serves a chat room at http://ADDR/ and its WebSocket endpoint at /_ws.
 With -redis, -postgres, -nats or -cluster (one at most), instances on the
-same channel form one room; -routed (Redis, Postgres) relays by topic. With -apigw-endpoint and -redis or -postgres, the
+same channel form one room; -routed (Redis, Postgres, NATS) relays by topic. With -apigw-endpoint and -redis or -postgres, the
 clients of examples/chat-lambda behind that API Gateway WebSocket API are
 in the room too (AWS credentials from the default chain; dummy ones for
 a local emulator at a loopback http URL when none are configured).
@@ -164,7 +164,7 @@ Flags:
 	fs.StringVar(&cfg.postgres, "postgres", getenv("EDGESYNC_POSTGRES_URL"), "relay over Postgres at this URL")
 	fs.StringVar(&cfg.nats, "nats", getenv("EDGESYNC_NATS_URL"), "relay over NATS at this URL")
 	fs.StringVar(&cfg.cluster, "cluster", getenv("EDGESYNC_CLUSTER_SOCKET"), "relay between processes on this host over this Unix socket")
-	fs.BoolVar(&cfg.routed, "routed", getenv("EDGESYNC_ROUTED") == "1", "relay by topic: each server receives only its clients' rooms (-redis or -postgres; every server of the chat alike)")
+	fs.BoolVar(&cfg.routed, "routed", getenv("EDGESYNC_ROUTED") == "1", "relay by topic: each server receives only its clients' rooms (-redis, -postgres or -nats; every server of the chat alike)")
 	fs.StringVar(&cfg.channel, "channel", cmp.Or(getenv("EDGESYNC_CHANNEL"), "edgesync-chat"), "channel the servers of one chat share")
 	fs.StringVar(&cfg.secret, "secret", getenv("EDGESYNC_SECRET"), "sign the backplane with these comma-separated `keys`: the first signs, any is accepted (rotate with \"new,old\", then \"new\")")
 	fs.StringVar(&cfg.apigw, "apigw-endpoint", getenv("EDGESYNC_APIGW_ENDPOINT"), "post to the connections of the API Gateway WebSocket API with this management endpoint `URL` (needs -redis or -postgres)")

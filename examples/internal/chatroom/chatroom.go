@@ -69,7 +69,7 @@ type Config struct {
 	Cluster  string // Unix socket path
 	Channel  string
 	Secret   string // comma-separated signing keys, the first signs
-	// Routed relays by topic (Redis and Postgres): an instance receives
+	// Routed relays by topic (Redis, Postgres, NATS): an instance receives
 	// only the rooms' topics its clients subscribe to. Every instance of
 	// the chat sets it, or none does.
 	Routed bool
@@ -147,7 +147,7 @@ func Open(ctx context.Context, cfg Config) (*Backplane, error) {
 			return nil, fmt.Errorf("-nats: %w", err)
 		}
 		return &Backplane{
-			Sync: natssync.New(natssync.Options{Conn: nc, Channel: natsChannel(cfg.Channel), Keys: keys}),
+			Sync: natssync.New(natssync.Options{Conn: nc, Channel: natsChannel(cfg.Channel), Keys: keys, Routed: cfg.Routed}),
 			Name: "nats", close: nc.Close,
 		}, nil
 	case cfg.Cluster != "":
@@ -194,7 +194,7 @@ var ErrTwoBackplanes = errors.New("choose one backplane: -redis, -postgres, -nat
 
 // ErrRoutedBackplane is returned for a routed Config on a backplane that
 // does not route.
-var ErrRoutedBackplane = errors.New("-routed needs -redis or -postgres")
+var ErrRoutedBackplane = errors.New("-routed needs -redis, -postgres or -nats")
 
 // Check returns ErrTwoBackplanes when cfg chooses more than one backplane,
 // and ErrRoutedBackplane when it routes on one that does not route.
@@ -208,7 +208,7 @@ func (cfg Config) Check() error {
 	if n > 1 {
 		return ErrTwoBackplanes
 	}
-	if cfg.Routed && cfg.Redis == "" && cfg.Postgres == "" {
+	if cfg.Routed && cfg.Redis == "" && cfg.Postgres == "" && cfg.NATS == "" {
 		return ErrRoutedBackplane
 	}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/routes"
 )
 
 // DefaultRouteLinger is how long a routed instance stays subscribed to a
@@ -43,17 +44,12 @@ type routeSub struct {
 // subscribed ones, which its goroutine brings in line with them.
 type router struct {
 	channel string
-	linger  time.Duration
 	signal  chan struct{}        // capacity 1: something changed
 	settle  chan chan struct{}   // tests: a pass of the router, then a reply
 	count   func(sub, unsub int) // tests: the subscriptions made and ended; may be nil
 	clock   func() time.Time     // time.Now
 
-	mu      sync.RWMutex         // guards the four below
-	topics  map[string]struct{}  // the routed topics
-	refs    map[string]int       // routed topics by subject
-	pending map[string]struct{}  // subjects that gained their first topic since the last pass
-	idle    map[string]time.Time // subjects that lost their last topic, and when
+	table *routes.Table[string] // the routed topics and their subjects
 
 	subMu   sync.Mutex           // serializes changes of subbed
 	subbed  map[string]*routeSub // the subscribed subjects; guarded by subMu
@@ -68,18 +64,15 @@ func newRouter(channel string, linger time.Duration) *router {
 	case linger < 0:
 		linger = 0
 	}
-	return &router{
+	r := &router{
 		channel: channel,
-		linger:  linger,
 		signal:  make(chan struct{}, 1),
 		settle:  make(chan chan struct{}),
 		clock:   time.Now,
-		topics:  make(map[string]struct{}),
-		refs:    make(map[string]int),
-		pending: make(map[string]struct{}),
-		idle:    make(map[string]time.Time),
 		subbed:  make(map[string]*routeSub),
 	}
+	r.table = routes.New(r.subjectFor, linger, func() time.Time { return r.clock() })
+	return r
 }
 
 // subjectFor returns the subscription of topic: every namespace token,
@@ -90,24 +83,7 @@ func (r *router) subjectFor(topic string) string {
 
 // route records topic as wanted or not, and signals the router.
 func (r *router) route(topic string, want bool) {
-	s := r.subjectFor(topic)
-	r.mu.Lock()
-	if want {
-		if _, ok := r.topics[topic]; !ok {
-			r.topics[topic] = struct{}{}
-			if r.refs[s]++; r.refs[s] == 1 {
-				r.pending[s] = struct{}{}
-				delete(r.idle, s)
-			}
-		}
-	} else if _, ok := r.topics[topic]; ok {
-		delete(r.topics, topic)
-		if r.refs[s]--; r.refs[s] <= 0 {
-			delete(r.refs, s)
-			r.idle[s] = r.clock()
-		}
-	}
-	r.mu.Unlock()
+	r.table.Route(topic, want)
 	r.wake()
 }
 
@@ -123,10 +99,7 @@ func (r *router) wake() {
 // name hashes to the same token, or of a subject still lingering, is
 // dropped.
 func (r *router) wants(topic string) bool {
-	r.mu.RLock()
-	_, ok := r.topics[topic]
-	r.mu.RUnlock()
-	return ok
+	return r.table.Wants(topic)
 }
 
 // start subscribes the subjects routed so far on conn, each delivering to
@@ -178,30 +151,18 @@ func (r *router) pass(conn *nats.Conn) (time.Duration, bool) {
 	}
 	var sub []string
 	var unsub []*nats.Subscription
-	var next time.Duration
-	pending := false
-	r.mu.Lock()
-	now := r.clock()
-	for s := range r.pending {
-		if _, ok := r.subbed[s]; !ok && r.refs[s] > 0 {
+	subscribe, release, next := r.table.Take(r.clock())
+	for _, s := range subscribe {
+		if _, ok := r.subbed[s]; !ok {
 			sub = append(sub, s)
 		}
 	}
-	clear(r.pending)
-	for s, since := range r.idle {
-		if left := r.linger - now.Sub(since); left > 0 {
-			if !pending || left < next {
-				next, pending = left, true
-			}
-			continue
-		}
-		delete(r.idle, s)
+	for _, s := range release {
 		if rs, ok := r.subbed[s]; ok {
 			delete(r.subbed, s)
 			unsub = append(unsub, rs.sub)
 		}
 	}
-	r.mu.Unlock()
 	made := 0
 	for _, s := range sub {
 		ns, err := conn.Subscribe(s, r.handler)
@@ -219,7 +180,7 @@ func (r *router) pass(conn *nats.Conn) (time.Duration, bool) {
 	if r.count != nil && made+len(unsub) > 0 {
 		r.count(made, len(unsub))
 	}
-	return next, pending
+	return next, next > 0
 }
 
 // dropped returns how many messages the subscriptions have lost to their

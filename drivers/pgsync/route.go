@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/edgesync/edgesync/edge"
+	routeset "github.com/edgesync/edgesync/internal/routes"
 )
 
 // Routing defaults and limits.
@@ -59,28 +59,20 @@ func TopicBucket(topic string, buckets int) int {
 // the buckets they fall in, and the buckets that lost their last topic and
 // linger. Route writes it; the listener reads it to LISTEN and UNLISTEN.
 type routes struct {
-	names  []string      // the bucket channels, by bucket
-	linger time.Duration // before a released bucket is UNLISTENed
-	kick   chan struct{} // wakes the listener when the wanted buckets change
+	names []string      // the bucket channels, by bucket
+	kick  chan struct{} // wakes the listener when the wanted buckets change
 	// calls runs functions on the listening connection, for tests.
 	calls chan func(context.Context, *pgx.Conn)
-
-	mu     sync.Mutex
-	topics map[string]int    // routed topic → its bucket
-	wanted map[int]int       // bucket → routed topics in it
-	idle   map[int]time.Time // bucket → when it lost its last topic
+	table *routeset.Table[int] // the routed topics and their buckets
 }
 
 func newRoutes(channel string, buckets int, linger time.Duration) *routes {
 	r := &routes{
-		names:  make([]string, buckets),
-		linger: linger,
-		kick:   make(chan struct{}, 1),
-		calls:  make(chan func(context.Context, *pgx.Conn)),
-		topics: make(map[string]int),
-		wanted: make(map[int]int),
-		idle:   make(map[int]time.Time),
+		names: make([]string, buckets),
+		kick:  make(chan struct{}, 1),
+		calls: make(chan func(context.Context, *pgx.Conn)),
 	}
+	r.table = routeset.New(func(topic string) int { return TopicBucket(topic, buckets) }, linger, time.Now)
 	prefix := bucketPrefix(channel)
 	for i := range r.names {
 		r.names[i] = prefix + strconv.Itoa(i)
@@ -95,10 +87,7 @@ func (r *routes) channelOf(topic string) string {
 
 // wants reports whether topic is routed.
 func (r *routes) wants(topic string) bool {
-	r.mu.Lock()
-	_, ok := r.topics[topic]
-	r.mu.Unlock()
-	return ok
+	return r.table.Wants(topic)
 }
 
 // routedDriver is the driver of an instance of a routed cluster.
@@ -111,25 +100,7 @@ var _ edge.RoutedDriver = routedDriver{}
 // has lingered. It never blocks.
 func (rd routedDriver) Route(topic string, want bool) {
 	r := rd.routes
-	r.mu.Lock()
-	changed := false
-	if b, ok := r.topics[topic]; want && !ok {
-		b = TopicBucket(topic, len(r.names))
-		r.topics[topic] = b
-		r.wanted[b]++
-		if r.wanted[b] == 1 {
-			delete(r.idle, b)
-			changed = true
-		}
-	} else if !want && ok {
-		delete(r.topics, topic)
-		if r.wanted[b]--; r.wanted[b] <= 0 {
-			delete(r.wanted, b)
-			r.idle[b] = time.Now()
-			changed = true
-		}
-	}
-	r.mu.Unlock()
+	changed := r.table.Route(topic, want)
 	if changed {
 		select {
 		case r.kick <- struct{}{}:
@@ -149,34 +120,24 @@ func (d *driver) apply(ctx context.Context, conn *pgx.Conn, on listening) (due t
 	r := d.routes
 	var sql strings.Builder
 	now := time.Now()
-	r.mu.Lock()
-	for b := range r.wanted {
+	for _, b := range r.table.All() {
 		if _, ok := on[b]; !ok {
 			on[b] = struct{}{}
 			sql.WriteString("LISTEN " + pgx.Identifier{r.names[b]}.Sanitize() + ";")
 		}
 	}
-	for b := range on {
-		if _, ok := r.wanted[b]; ok {
-			continue
-		}
-		at, ok := r.idle[b]
-		if release := at.Add(r.linger); ok && now.Before(release) {
-			if due.IsZero() || release.Before(due) {
-				due = release
-			}
-			continue
-		}
-		delete(on, b)
-		delete(r.idle, b)
-		sql.WriteString("UNLISTEN " + pgx.Identifier{r.names[b]}.Sanitize() + ";")
-	}
-	for b := range r.idle {
-		if _, ok := on[b]; !ok {
-			delete(r.idle, b) // released before this connection LISTENed on it
+	// Every wanted bucket is LISTENed above: only the released ones
+	// matter, and only those this connection LISTENs on.
+	_, release, next := r.table.Take(now)
+	for _, b := range release {
+		if _, ok := on[b]; ok {
+			delete(on, b)
+			sql.WriteString("UNLISTEN " + pgx.Identifier{r.names[b]}.Sanitize() + ";")
 		}
 	}
-	r.mu.Unlock()
+	if next > 0 {
+		due = now.Add(next)
+	}
 	if sql.Len() == 0 {
 		return due, nil
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/routes"
 )
 
 // Defaults of the routed mode.
@@ -45,17 +46,12 @@ func (d routedDriver) Route(topic string, want bool) {
 type router struct {
 	channel string // the cluster's channel; buckets are channel:r:<n>
 	buckets uint32
-	linger  time.Duration
 	signal  chan struct{}        // capacity 1: something changed
 	settle  chan chan struct{}   // tests: a pass of the router, then a reply
 	count   func(sub, unsub int) // tests: the commands sent, by bucket; may be nil
 	clock   func() time.Time     // time.Now
 
-	mu      sync.RWMutex         // guards the four below
-	topics  map[string]struct{}  // the routed topics
-	refs    map[uint32]int       // routed topics by bucket
-	pending map[uint32]struct{}  // buckets that gained their first topic since the last pass
-	idle    map[uint32]time.Time // buckets that lost their last topic, and when
+	table *routes.Table[uint32] // the routed topics and their buckets
 
 	subMu  sync.Mutex          // serializes commands on the subscription, and renewals
 	subbed map[uint32]struct{} // the subscribed buckets; guarded by subMu
@@ -74,16 +70,12 @@ func newRouter(channel string, buckets int, linger time.Duration) *router {
 	r := &router{
 		channel: channel,
 		buckets: uint32(buckets),
-		linger:  linger,
 		signal:  make(chan struct{}, 1),
 		settle:  make(chan chan struct{}),
 		clock:   time.Now,
-		pending: make(map[uint32]struct{}),
-		idle:    make(map[uint32]time.Time),
-		topics:  make(map[string]struct{}),
-		refs:    make(map[uint32]int),
 		subbed:  make(map[uint32]struct{}),
 	}
+	r.table = routes.New(r.bucket, linger, func() time.Time { return r.clock() })
 	return r
 }
 
@@ -110,24 +102,7 @@ func (r *router) bucketChannel(topic string) string {
 
 // route records topic as wanted or not, and signals the router.
 func (r *router) route(topic string, want bool) {
-	b := r.bucket(topic)
-	r.mu.Lock()
-	if want {
-		if _, ok := r.topics[topic]; !ok {
-			r.topics[topic] = struct{}{}
-			if r.refs[b]++; r.refs[b] == 1 {
-				r.pending[b] = struct{}{}
-				delete(r.idle, b)
-			}
-		}
-	} else if _, ok := r.topics[topic]; ok {
-		delete(r.topics, topic)
-		if r.refs[b]--; r.refs[b] <= 0 {
-			delete(r.refs, b)
-			r.idle[b] = r.clock()
-		}
-	}
-	r.mu.Unlock()
+	r.table.Route(topic, want)
 	r.wake()
 }
 
@@ -142,10 +117,7 @@ func (r *router) wake() {
 // wants reports whether topic is routed: a message of another topic that
 // shares its bucket, or of a bucket still lingering, is dropped.
 func (r *router) wants(topic string) bool {
-	r.mu.RLock()
-	_, ok := r.topics[topic]
-	r.mu.RUnlock()
-	return ok
+	return r.table.Wants(topic)
 }
 
 // run brings the subscribed buckets in line with the wanted ones whenever a
@@ -181,31 +153,20 @@ func (r *router) pass(ctx context.Context, current func() *redis.PubSub) (time.D
 	r.subMu.Lock()
 	defer r.subMu.Unlock()
 	var sub, unsub []string
-	var next time.Duration
-	pending := false
-	r.mu.Lock()
-	now := r.clock()
-	for b := range r.pending {
-		if _, ok := r.subbed[b]; !ok && r.refs[b] > 0 {
+	subscribe, release, next := r.table.Take(r.clock())
+	pending := next > 0
+	for _, b := range subscribe {
+		if _, ok := r.subbed[b]; !ok {
 			r.subbed[b] = struct{}{}
 			sub = append(sub, r.name(b))
 		}
 	}
-	clear(r.pending)
-	for b, since := range r.idle {
-		if left := r.linger - now.Sub(since); left > 0 {
-			if !pending || left < next {
-				next, pending = left, true
-			}
-			continue
-		}
-		delete(r.idle, b)
+	for _, b := range release {
 		if _, ok := r.subbed[b]; ok {
 			delete(r.subbed, b)
 			unsub = append(unsub, r.name(b))
 		}
 	}
-	r.mu.Unlock()
 	if len(sub)+len(unsub) == 0 {
 		return next, pending
 	}
@@ -233,16 +194,13 @@ func (r *router) pass(ctx context.Context, current func() *redis.PubSub) (time.D
 func (r *router) subscribeFirst(ctx context.Context, ps *redis.PubSub, listen string) error {
 	r.subMu.Lock()
 	defer r.subMu.Unlock()
-	r.mu.Lock()
 	var channels []string
-	for b := range r.pending {
-		if r.refs[b] > 0 {
-			r.subbed[b] = struct{}{}
-			channels = append(channels, r.name(b))
-		}
+	// Nothing is subscribed yet: what lingers has nothing to release.
+	subscribe, _, _ := r.table.Take(r.clock())
+	for _, b := range subscribe {
+		r.subbed[b] = struct{}{}
+		channels = append(channels, r.name(b))
 	}
-	clear(r.pending)
-	r.mu.Unlock()
 	if r.count != nil {
 		r.count(len(channels), 0)
 	}

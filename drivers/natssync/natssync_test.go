@@ -63,79 +63,6 @@ func newHub(t *testing.T, sync edge.Sync) (*edge.Hub, *testenv.ErrorLog) {
 	return hub, log
 }
 
-// sink is an edge.Endpoint that records what it is delivered.
-type sink struct {
-	mu     sync.Mutex
-	got    []edge.Data
-	notify chan struct{}
-}
-
-func (s *sink) Deliver(d edge.Data) {
-	s.mu.Lock()
-	s.got = append(s.got, d)
-	s.mu.Unlock()
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
-}
-
-func (s *sink) Close(int, string) error { return nil }
-
-func (s *sink) find(match func(edge.Data) bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.ContainsFunc(s.got, match)
-}
-
-func (s *sink) has(text string) bool {
-	return s.find(func(d edge.Data) bool { return string(d.Bytes) == text })
-}
-
-func (s *sink) hasPrefix(prefix string) bool {
-	return s.find(func(d edge.Data) bool { return strings.HasPrefix(string(d.Bytes), prefix) })
-}
-
-// waitFor waits until ok holds, failing t with what after waitTimeout.
-func (s *sink) waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	for !ok() {
-		select {
-		case <-s.notify:
-		case <-timer.C:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
-func (s *sink) waitText(t *testing.T, text string) {
-	t.Helper()
-	s.waitFor(t, fmt.Sprintf("%q to be delivered", text), func() bool { return s.has(text) })
-}
-
-// join adds a member subscribed to topic in namespace to hub.
-func join(t *testing.T, hub *edge.Hub, namespace, topic string) *sink {
-	t.Helper()
-	s := &sink{notify: make(chan struct{}, 1)}
-	m, err := hub.Join(edge.NewID(), namespace, s)
-	if err != nil {
-		t.Fatalf("Join: %v", err)
-	}
-	if err := m.Subscribe(topic); err != nil {
-		t.Fatalf("Subscribe: %v", err)
-	}
-	return s
-}
-
-func publish(t *testing.T, hub *edge.Hub, namespace, topic, text string) {
-	t.Helper()
-	if err := hub.Publish(context.Background(), edge.Message{Namespace: namespace, Topic: topic, Data: edge.Text(text)}); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-}
-
 func TestOptionsAreValidated(t *testing.T) {
 	nc := connect(t)
 	for _, tc := range []struct {
@@ -187,7 +114,7 @@ func TestHostileNamespacesAndTopics(t *testing.T) {
 	token := edge.NewID()[:8]
 	names := slices.Compact(slices.Sorted(slices.Values(hostileNames(token))))
 	type address struct{ namespace, topic string }
-	sinks := map[address]*sink{}
+	sinks := map[address]*testenv.Sink{}
 	var addrs []address
 	for i, topic := range names {
 		if topic == "" || !utf8.ValidString(topic) {
@@ -203,24 +130,21 @@ func TestHostileNamespacesAndTopics(t *testing.T) {
 		}
 		addr := address{ns, topic}
 		if sinks[addr] == nil {
-			sinks[addr] = join(t, b, ns, topic)
+			sinks[addr] = testenv.Join(t, b, ns, topic)
 			addrs = append(addrs, addr)
 		}
 	}
 	for i, addr := range addrs {
-		publish(t, a, addr.namespace, addr.topic, "message "+strconv.Itoa(i))
+		testenv.Publish(t, a, addr.namespace, addr.topic, "message "+strconv.Itoa(i))
 	}
 	for i, addr := range addrs {
 		s := sinks[addr]
-		s.waitFor(t, fmt.Sprintf("message %d to %s %s", i, short(addr.namespace), short(addr.topic)),
-			func() bool { return s.has("message " + strconv.Itoa(i)) })
+		s.WaitFor(t, fmt.Sprintf("message %d to %s %s", i, short(addr.namespace), short(addr.topic)),
+			func() bool { return s.Has("message " + strconv.Itoa(i)) })
 	}
 	for i, addr := range addrs {
 		s := sinks[addr]
-		s.mu.Lock()
-		n := len(s.got)
-		s.mu.Unlock()
-		if n != 1 {
+		if n := s.Len(); n != 1 {
 			t.Errorf("the member of %q %q received %d messages, want its own only (message %d)", short(addr.namespace), short(addr.topic), n, i)
 		}
 	}
@@ -253,8 +177,8 @@ func TestSubjectNamesTheTopic(t *testing.T) {
 	if err := raw.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	publish(t, hub, "/room", "other", "not for the raw subscriber")
-	publish(t, hub, "/room", "lobby", "for the raw subscriber")
+	testenv.Publish(t, hub, "/room", "other", "not for the raw subscriber")
+	testenv.Publish(t, hub, "/room", "lobby", "for the raw subscriber")
 	msg, err := sub.NextMsg(waitTimeout)
 	if err != nil {
 		t.Fatalf("raw subscriber: %v", err)
@@ -278,7 +202,7 @@ func TestStrangerPayloads(t *testing.T) {
 	const maxBytes = 4096
 	a, _ := newHub(t, natssync.New(natssync.Options{Conn: nc, Channel: channel}))
 	b, bLog := newHub(t, natssync.New(natssync.Options{Conn: nc, Channel: channel, MaxMessageBytes: maxBytes}))
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 
 	stranger := edge.NewID()
 	foreign, _ := envelope.Encode(stranger, edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("from a stranger")})
@@ -301,13 +225,13 @@ func TestStrangerPayloads(t *testing.T) {
 			t.Fatalf("raw publish: %v", err)
 		}
 	}
-	publish(t, a, "/ns", "t", "still flowing")
+	testenv.Publish(t, a, "/ns", "t", "still flowing")
 	// One connection, one subscription: everything before it is handled.
-	got.waitText(t, "still flowing")
-	if !got.has("from a stranger") {
+	got.WaitText(t, "still flowing")
+	if !got.Has("from a stranger") {
 		t.Error("the valid envelope of a stranger was not delivered")
 	}
-	if got.hasPrefix("xxxx") {
+	if got.HasPrefix("xxxx") {
 		t.Error("the oversized payload was delivered")
 	}
 	errs := bLog.Errors(edge.StageDelivery)
@@ -346,11 +270,11 @@ func TestSignedCluster(t *testing.T) {
 	}
 	a, aLog := newHub(t, opts(keyOld))
 	b, _ := newHub(t, opts(keyOld, keyNew))
-	atA, atB := join(t, a, "/ns", "t"), join(t, b, "/ns", "t")
-	publish(t, a, "/ns", "t", "from a")
-	publish(t, b, "/ns", "t", "from b")
-	atB.waitText(t, "from a")
-	atA.waitText(t, "from b")
+	atA, atB := testenv.Join(t, a, "/ns", "t"), testenv.Join(t, b, "/ns", "t")
+	testenv.Publish(t, a, "/ns", "t", "from a")
+	testenv.Publish(t, b, "/ns", "t", "from b")
+	atB.WaitText(t, "from a")
+	atA.WaitText(t, "from b")
 
 	stranger := edge.NewID()
 	forged := edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("forged")}
@@ -365,9 +289,9 @@ func TestSignedCluster(t *testing.T) {
 	if err := aLog.Await(t, edge.StageDelivery, 1, waitTimeout); !errors.Is(err, envelope.ErrSignature) {
 		t.Fatalf("a reported %v; want ErrSignature", err)
 	}
-	publish(t, b, "/ns", "t", "last")
-	atA.waitText(t, "last")
-	if atA.has("forged") || atB.has("forged") {
+	testenv.Publish(t, b, "/ns", "t", "last")
+	atA.WaitText(t, "last")
+	if atA.Has("forged") || atB.Has("forged") {
 		t.Error("a forged envelope was delivered in a signed cluster")
 	}
 	if n := aLog.CountIs(edge.StageDelivery, envelope.ErrSignature); n != 2 {
@@ -415,7 +339,7 @@ func TestClosedConnection(t *testing.T) {
 	if err := log.Await(t, edge.StageSubscribe, 0, waitTimeout); !errors.Is(err, nats.ErrConnectionClosed) {
 		t.Errorf("reported %v, want the closed connection named", err)
 	}
-	publish(t, hub, "/ns", "t", "into a closed connection")
+	testenv.Publish(t, hub, "/ns", "t", "into a closed connection")
 	if err := log.Await(t, edge.StagePublish, 0, waitTimeout); !errors.Is(err, nats.ErrConnectionClosed) {
 		t.Errorf("reported %v at StagePublish, want nats.ErrConnectionClosed", err)
 	}
@@ -427,22 +351,22 @@ func TestClosedConnection(t *testing.T) {
 // relayUntilDelivered publishes probes from a until one reaches to, which
 // proves the relay works again, then checks that a message published after
 // that arrives.
-func relayUntilDelivered(t *testing.T, a *edge.Hub, to *sink, namespace, topic string) {
+func relayUntilDelivered(t *testing.T, a *edge.Hub, to *testenv.Sink, namespace, topic string) {
 	t.Helper()
 	deadline := time.NewTimer(waitTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for i := 0; !to.hasPrefix("probe-"); i++ {
-		publish(t, a, namespace, topic, "probe-"+strconv.Itoa(i))
+	for i := 0; !to.HasPrefix("probe-"); i++ {
+		testenv.Publish(t, a, namespace, topic, "probe-"+strconv.Itoa(i))
 		select {
 		case <-tick.C:
 		case <-deadline.C:
 			t.Fatalf("no probe delivered within %v", waitTimeout)
 		}
 	}
-	publish(t, a, namespace, topic, "after recovery")
-	to.waitText(t, "after recovery")
+	testenv.Publish(t, a, namespace, topic, "after recovery")
+	to.WaitText(t, "after recovery")
 }
 
 // stream publishes from hub without pause until the returned function is
@@ -557,9 +481,9 @@ func TestServerRestart(t *testing.T) {
 	channel := testenv.Channel(t)
 	a, aLog := newHub(t, natssync.New(natssync.Options{Conn: connectTo(t, url, reconnecting()...), Channel: channel}))
 	b, bLog := newHub(t, natssync.New(natssync.Options{Conn: connectTo(t, url, reconnecting()...), Channel: channel}))
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 	stop := stream(t, a, "/ns", "t")
-	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	server.stop()
 	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
@@ -595,7 +519,7 @@ func TestSilentConnectionIsReported(t *testing.T) {
 	viaProxy := connectTo(t, "nats://"+p.Addr())
 	b, bLog := newHub(t, natssync.NewWithCheckTiming(natssync.Options{Conn: viaProxy, Channel: channel},
 		50*time.Millisecond, 300*time.Millisecond))
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 	relayUntilDelivered(t, a, got, "/ns", "t")
 
 	p.Freeze()
@@ -607,7 +531,7 @@ func TestSilentConnectionIsReported(t *testing.T) {
 		t.Errorf("the connection is %s; the test wants one that nats.go still takes for connected", s)
 	}
 	p.Restore()
-	relayUntilDelivered(t, a, join(t, b, "/ns", "t"), "/ns", "t")
+	relayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once for the outage: %v", len(errs), errs)
 	}
@@ -625,7 +549,7 @@ func TestBatchGoesPastARefusedMessage(t *testing.T) {
 	}
 	defer a.Close()
 	b, _ := newHub(t, natssync.New(natssync.Options{Conn: connect(t), Channel: channel}))
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 	huge := make([]byte, nc.MaxPayload()+1)
 	batch := []edge.Message{
 		{Namespace: "/ns", Topic: "t", Data: edge.Text("before")},
@@ -636,6 +560,6 @@ func TestBatchGoesPastARefusedMessage(t *testing.T) {
 	if !errors.Is(err, nats.ErrMaxPayload) {
 		t.Errorf("PublishBatch: %v, want nats.ErrMaxPayload", err)
 	}
-	got.waitText(t, "before")
-	got.waitText(t, "after")
+	got.WaitText(t, "before")
+	got.WaitText(t, "after")
 }

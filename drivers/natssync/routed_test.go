@@ -38,9 +38,9 @@ func TestBroadcastIsNotRouted(t *testing.T) {
 }
 
 // joinTopics adds a member subscribed to topics in namespace to hub.
-func joinTopics(t *testing.T, hub *edge.Hub, namespace string, topics ...string) (*edge.Member, *sink) {
+func joinTopics(t *testing.T, hub *edge.Hub, namespace string, topics ...string) (*edge.Member, *testenv.Sink) {
 	t.Helper()
-	s := &sink{notify: make(chan struct{}, 1)}
+	s := testenv.NewSink()
 	m, err := hub.Join(edge.NewID(), namespace, s)
 	if err != nil {
 		t.Fatalf("Join: %v", err)
@@ -136,7 +136,7 @@ func TestRoutedFiltersByEnvelopeTopic(t *testing.T) {
 	defer deadline.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for i := 0; !got.hasPrefix("probe-"); i++ {
+	for i := 0; !got.HasPrefix("probe-"); i++ {
 		if err := raw.Publish(subj, other); err != nil {
 			t.Fatal(err)
 		}
@@ -151,7 +151,7 @@ func TestRoutedFiltersByEnvelopeTopic(t *testing.T) {
 		}
 	}
 	// The same publisher, the same subject: what came before it is handled.
-	if got.has("another topic") {
+	if got.Has("another topic") {
 		t.Error("a message of another topic on the routed subject was delivered")
 	}
 	if errs := bLog.Errors(edge.StageDelivery); len(errs) > 0 {
@@ -165,7 +165,7 @@ func TestBroadcastHearsRouted(t *testing.T) {
 	channel := testenv.Channel(t)
 	a, _ := newHub(t, natssync.New(natssync.Options{Conn: connect(t), Channel: channel, Routed: true}))
 	b, _ := newHub(t, natssync.New(natssync.Options{Conn: connect(t), Channel: channel}))
-	relayUntilDelivered(t, a, join(t, b, "/ns", "t"), "/ns", "t")
+	relayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
 }
 
 // A topic that is unsubscribed and subscribed again within the linger costs
@@ -192,8 +192,8 @@ func TestRoutedLingerAbsorbsFlapping(t *testing.T) {
 	if s, u := probe.Counts(); s != subs || u != unsubs {
 		t.Errorf("flapping made %d subscriptions and ended %d, want none", s-subs, u-unsubs)
 	}
-	publish(t, a, "/ns", "flap", "after flapping")
-	got.waitText(t, "after flapping")
+	testenv.Publish(t, a, "/ns", "flap", "after flapping")
+	got.WaitText(t, "after flapping")
 }
 
 // With a negative linger, a topic no longer routed is unsubscribed at once.
@@ -229,7 +229,7 @@ func TestRoutedChurnLeaksNoSubscription(t *testing.T) {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
 			for range 50 {
-				m, err := b.Join(edge.NewID(), "/churn", &sink{notify: make(chan struct{}, 1)})
+				m, err := b.Join(edge.NewID(), "/churn", testenv.NewSink())
 				if err != nil {
 					t.Error(err)
 					return

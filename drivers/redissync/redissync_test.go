@@ -87,79 +87,6 @@ func newHub(t *testing.T, opts redissync.Options) (*edge.Hub, *testenv.ErrorLog)
 	return hub, log
 }
 
-// sink is an edge.Endpoint that records what it is delivered.
-type sink struct {
-	mu     sync.Mutex
-	got    []edge.Data
-	notify chan struct{}
-}
-
-func (s *sink) Deliver(d edge.Data) {
-	s.mu.Lock()
-	s.got = append(s.got, d)
-	s.mu.Unlock()
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
-}
-
-func (s *sink) Close(int, string) error { return nil }
-
-func (s *sink) find(match func(edge.Data) bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.ContainsFunc(s.got, match)
-}
-
-func (s *sink) has(text string) bool {
-	return s.find(func(d edge.Data) bool { return string(d.Bytes) == text })
-}
-
-func (s *sink) hasPrefix(prefix string) bool {
-	return s.find(func(d edge.Data) bool { return strings.HasPrefix(string(d.Bytes), prefix) })
-}
-
-// waitFor waits until ok holds, failing t with what after waitTimeout.
-func (s *sink) waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	timer := time.NewTimer(waitTimeout)
-	defer timer.Stop()
-	for !ok() {
-		select {
-		case <-s.notify:
-		case <-timer.C:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
-func (s *sink) waitText(t *testing.T, text string) {
-	t.Helper()
-	s.waitFor(t, fmt.Sprintf("%q to be delivered", text), func() bool { return s.has(text) })
-}
-
-// join adds a member subscribed to topic in namespace to hub.
-func join(t *testing.T, hub *edge.Hub, namespace, topic string) *sink {
-	t.Helper()
-	s := &sink{notify: make(chan struct{}, 1)}
-	m, err := hub.Join(edge.NewID(), namespace, s)
-	if err != nil {
-		t.Fatalf("Join: %v", err)
-	}
-	if err := m.Subscribe(topic); err != nil {
-		t.Fatalf("Subscribe: %v", err)
-	}
-	return s
-}
-
-func publish(t *testing.T, hub *edge.Hub, namespace, topic, text string) {
-	t.Helper()
-	if err := hub.Publish(context.Background(), edge.Message{Namespace: namespace, Topic: topic, Data: edge.Text(text)}); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-}
-
 func TestOptionsAreValidated(t *testing.T) {
 	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer client.Close()
@@ -197,7 +124,7 @@ func TestStrangerPayloads(t *testing.T) {
 	const maxBytes = 4096
 	a, _ := newHub(t, redissync.Options{Client: client, Channel: channel})
 	b, bLog := newHub(t, redissync.Options{Client: client, Channel: channel, MaxMessageBytes: maxBytes})
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 
 	stranger := edge.NewID()
 	foreign, _ := envelope.Encode(stranger, edge.Message{Namespace: "/ns", Topic: "t", Data: edge.Text("from a stranger")})
@@ -214,13 +141,13 @@ func TestStrangerPayloads(t *testing.T) {
 			t.Fatalf("raw PUBLISH: %v", err)
 		}
 	}
-	publish(t, a, "/ns", "t", "still flowing")
+	testenv.Publish(t, a, "/ns", "t", "still flowing")
 	// Redis delivers in order, so everything before it has been handled.
-	got.waitText(t, "still flowing")
-	if !got.has("from a stranger") {
+	got.WaitText(t, "still flowing")
+	if !got.Has("from a stranger") {
 		t.Error("the valid envelope of a stranger was not delivered")
 	}
-	if got.hasPrefix("xxxx") {
+	if got.HasPrefix("xxxx") {
 		t.Error("the oversized payload was delivered")
 	}
 	errs := bLog.Errors(edge.StageDelivery)
@@ -257,13 +184,13 @@ func TestCrosswsInterop(t *testing.T) {
 	address := func(v testenv.EncodeVector) string {
 		return cmp.Or(v.Message.Namespace, "/_ws") + " " + v.Message.Topic
 	}
-	sinks := map[string]*sink{}
+	sinks := map[string]*testenv.Sink{}
 	for _, v := range vectors {
 		if v.ID == hub.ID() {
 			t.Fatal("the vector's id is the hub's")
 		}
 		if sinks[address(v)] == nil {
-			sinks[address(v)] = join(t, hub, cmp.Or(v.Message.Namespace, "/_ws"), v.Message.Topic)
+			sinks[address(v)] = testenv.Join(t, hub, cmp.Or(v.Message.Namespace, "/_ws"), v.Message.Topic)
 		}
 		if err := client.Publish(ctx, channel, v.Wire).Err(); err != nil {
 			t.Fatalf("raw PUBLISH: %v", err)
@@ -272,8 +199,8 @@ func TestCrosswsInterop(t *testing.T) {
 	for _, v := range vectors {
 		want := v.Message.Data
 		s := sinks[address(v)]
-		s.waitFor(t, "vector "+v.Name, func() bool {
-			return s.find(func(d edge.Data) bool { return d.Binary == want.Binary && bytes.Equal(d.Bytes, want.Bytes) })
+		s.WaitFor(t, "vector "+v.Name, func() bool {
+			return s.Find(func(d edge.Data) bool { return d.Binary == want.Binary && bytes.Equal(d.Bytes, want.Bytes) })
 		})
 	}
 	if errs := log.Errors(edge.StageDelivery); len(errs) > 0 {
@@ -305,22 +232,22 @@ func TestCrosswsInterop(t *testing.T) {
 // relayUntilDelivered publishes probes from a until one reaches to, which
 // proves b is subscribed again, then checks that a message published after
 // that arrives.
-func relayUntilDelivered(t *testing.T, a *edge.Hub, to *sink, namespace, topic string) {
+func relayUntilDelivered(t *testing.T, a *edge.Hub, to *testenv.Sink, namespace, topic string) {
 	t.Helper()
 	deadline := time.NewTimer(waitTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for i := 0; !to.hasPrefix("probe-"); i++ {
-		publish(t, a, namespace, topic, "probe-"+strconv.Itoa(i))
+	for i := 0; !to.HasPrefix("probe-"); i++ {
+		testenv.Publish(t, a, namespace, topic, "probe-"+strconv.Itoa(i))
 		select {
 		case <-tick.C:
 		case <-deadline.C:
 			t.Fatalf("no probe delivered within %v", waitTimeout)
 		}
 	}
-	publish(t, a, namespace, topic, "after recovery")
-	to.waitText(t, "after recovery")
+	testenv.Publish(t, a, namespace, topic, "after recovery")
+	to.WaitText(t, "after recovery")
 }
 
 // stream publishes from hub without pause until the returned function is
@@ -395,9 +322,9 @@ func TestResubscribeAfterClientKill(t *testing.T) {
 
 	a, _ := newHub(t, redissync.Options{Client: admin, Channel: channel})
 	b, bLog := newHub(t, redissync.Options{Client: bClient, Channel: channel})
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 	stop := stream(t, a, "/ns", "t")
-	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	killPubSub(t, admin, opt.ClientName)
 	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
@@ -481,9 +408,9 @@ func TestResubscribeAfterServerRestart(t *testing.T) {
 	channel := testenv.Channel(t)
 	a, _ := newHub(t, redissync.Options{Client: client, Channel: channel})
 	b, bLog := newHub(t, redissync.Options{Client: client, Channel: channel})
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 	stop := stream(t, a, "/ns", "t")
-	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	server.stop()
 	bLog.Await(t, edge.StageSubscribe, 0, waitTimeout)
@@ -503,9 +430,9 @@ func TestUnreachableAtStart(t *testing.T) {
 	hub, log := newHub(t, redissync.Options{Client: client, Channel: testenv.Channel(t)})
 	t.Logf("reported: %v", log.Await(t, edge.StageSubscribe, 0, waitTimeout))
 
-	got := join(t, hub, "/ns", "t")
-	publish(t, hub, "/ns", "t", "local")
-	if !got.has("local") {
+	got := testenv.Join(t, hub, "/ns", "t")
+	testenv.Publish(t, hub, "/ns", "t", "local")
+	if !got.Has("local") {
 		t.Error("a local publish was not delivered while Redis is unreachable")
 	}
 	closed := make(chan error, 1)
@@ -792,9 +719,9 @@ func TestSilentConnectionIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 	stop := stream(t, a, "/ns", "t")
-	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	p.freeze()
 	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
@@ -836,10 +763,10 @@ func TestSubscriptionMissingItsProbesIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 	stop := stream(t, a, "/ns", "t")
 	defer stop()
-	got.waitFor(t, "the stream", func() bool { return got.hasPrefix("stream-") })
+	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	// A subscription that receives messages is alive: its probes are
 	// judged once it has nothing left to read.
@@ -957,7 +884,7 @@ func TestUnansweredSubscribeIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	got := join(t, b, "/ns", "t")
+	got := testenv.Join(t, b, "/ns", "t")
 	relayUntilDelivered(t, a, got, "/ns", "t")
 
 	hole.hole.Store(true)
@@ -966,7 +893,7 @@ func TestUnansweredSubscribeIsReplaced(t *testing.T) {
 		testenv.Recv(t, hole.holed, waitTimeout, fmt.Sprintf("SUBSCRIBE %d into the hole", i+1))
 	}
 	hole.hole.Store(false)
-	relayUntilDelivered(t, a, join(t, b, "/ns", "t"), "/ns", "t")
+	relayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once for the outage: %v", len(errs), errs)
 	}

@@ -59,9 +59,9 @@ func newSyncHub(t *testing.T, rs edge.Sync) (*edge.Hub, *testenv.ErrorLog) {
 }
 
 // joinTopics adds a member subscribed to topics in namespace to hub.
-func joinTopics(t *testing.T, hub *edge.Hub, namespace string, topics ...string) (*edge.Member, *sink) {
+func joinTopics(t *testing.T, hub *edge.Hub, namespace string, topics ...string) (*edge.Member, *testenv.Sink) {
 	t.Helper()
-	s := &sink{notify: make(chan struct{}, 1)}
+	s := testenv.NewSink()
 	m, err := hub.Join(edge.NewID(), namespace, s)
 	if err != nil {
 		t.Fatalf("Join: %v", err)
@@ -152,8 +152,8 @@ func TestRoutedLingerAbsorbsFlapping(t *testing.T) {
 	if s, u := probe.Counts(); s != subs || u != unsubs {
 		t.Errorf("flapping sent %d SUBSCRIBE and %d UNSUBSCRIBE of buckets, want none", s-subs, u-unsubs)
 	}
-	publish(t, a, "/ns", "flap", "after flapping")
-	got.waitText(t, "after flapping")
+	testenv.Publish(t, a, "/ns", "flap", "after flapping")
+	got.WaitText(t, "after flapping")
 }
 
 // However many topics an instance routes, it holds at most RouteBuckets
@@ -168,7 +168,7 @@ func TestRoutedBucketsAreBounded(t *testing.T) {
 	rs, probe := redissync.NewRoutedForTest(opts)
 	b, _ := newSyncHub(t, rs)
 	var topics []string
-	var sinks []*sink
+	var sinks []*testenv.Sink
 	var members []*edge.Member
 	for i := range 200 {
 		topic := fmt.Sprint("topic-", i)
@@ -179,7 +179,7 @@ func TestRoutedBucketsAreBounded(t *testing.T) {
 		relayUntilDelivered(t, a, s, "/ns", topics[i])
 	}
 	for i, s := range sinks {
-		if s.find(func(d edge.Data) bool {
+		if s.Find(func(d edge.Data) bool {
 			text := string(d.Bytes)
 			return text != "after recovery" && !strings.HasPrefix(text, "probe-")
 		}) {
@@ -212,7 +212,7 @@ func TestRoutedChurnLeaksNoSubscription(t *testing.T) {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
 			for range 50 {
-				m, err := b.Join(edge.NewID(), "/churn", &sink{notify: make(chan struct{}, 1)})
+				m, err := b.Join(edge.NewID(), "/churn", testenv.NewSink())
 				if err != nil {
 					t.Error(err)
 					return

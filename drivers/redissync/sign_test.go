@@ -30,19 +30,19 @@ func TestSignedCluster(t *testing.T) {
 	b, bLog := newHub(t, opts(keyOld, keyNew)) // rotation, step 1: accepts both
 	c, cLog := newHub(t, opts(keyNew, keyOld)) // step 2: signs with the new key
 	unsigned, _ := newHub(t, redissync.Options{Client: client, Channel: channel})
-	atA, atB, atC := join(t, a, "/ns", "t"), join(t, b, "/ns", "t"), join(t, c, "/ns", "t")
-	atUnsigned := join(t, unsigned, "/ns", "t")
+	atA, atB, atC := testenv.Join(t, a, "/ns", "t"), testenv.Join(t, b, "/ns", "t"), testenv.Join(t, c, "/ns", "t")
+	atUnsigned := testenv.Join(t, unsigned, "/ns", "t")
 
-	publish(t, a, "/ns", "t", "from a")
-	publish(t, c, "/ns", "t", "from c")
-	publish(t, b, "/ns", "t", "from b")
-	atB.waitText(t, "from a")
-	atB.waitText(t, "from c") // signed with the new key, accepted by b
-	atA.waitText(t, "from b")
-	atC.waitText(t, "from b")
-	atC.waitText(t, "from a")
+	testenv.Publish(t, a, "/ns", "t", "from a")
+	testenv.Publish(t, c, "/ns", "t", "from c")
+	testenv.Publish(t, b, "/ns", "t", "from b")
+	atB.WaitText(t, "from a")
+	atB.WaitText(t, "from c") // signed with the new key, accepted by b
+	atA.WaitText(t, "from b")
+	atC.WaitText(t, "from b")
+	atC.WaitText(t, "from a")
 	// An unsigned instance (as crossws) still reads a signed cluster.
-	atUnsigned.waitText(t, "from a")
+	atUnsigned.WaitText(t, "from a")
 
 	// c signs with a key a does not accept yet.
 	if err := aLog.Await(t, edge.StageDelivery, 0, waitTimeout); !errors.Is(err, envelope.ErrSignature) {
@@ -59,7 +59,7 @@ func TestSignedCluster(t *testing.T) {
 			t.Fatalf("raw PUBLISH: %v", err)
 		}
 	}
-	publish(t, unsigned, "/ns", "t", "from an unsigned hub")
+	testenv.Publish(t, unsigned, "/ns", "t", "from an unsigned hub")
 	// a, b and c each drop the stranger's two envelopes and the unsigned
 	// hub's one (a had dropped c's envelope before).
 	for _, l := range []struct {
@@ -75,14 +75,14 @@ func TestSignedCluster(t *testing.T) {
 		}
 	}
 	// Redis delivers in order: what was published before is handled.
-	publish(t, b, "/ns", "t", "last")
-	for _, s := range []*sink{atA, atC} {
-		s.waitText(t, "last")
-		if s.has("forged") || s.has("from an unsigned hub") {
+	testenv.Publish(t, b, "/ns", "t", "last")
+	for _, s := range []*testenv.Sink{atA, atC} {
+		s.WaitText(t, "last")
+		if s.Has("forged") || s.Has("from an unsigned hub") {
 			t.Error("a forged or unsigned envelope was delivered in a signed cluster")
 		}
 	}
-	if atB.has("forged") || atB.has("from an unsigned hub") {
+	if atB.Has("forged") || atB.Has("from an unsigned hub") {
 		t.Error("a forged or unsigned envelope was delivered to b")
 	}
 	if a.Stats().Errors < 4 {

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -348,55 +347,6 @@ func TestClosedConnection(t *testing.T) {
 	}
 }
 
-// relayUntilDelivered publishes probes from a until one reaches to, which
-// proves the relay works again, then checks that a message published after
-// that arrives.
-func relayUntilDelivered(t *testing.T, a *edge.Hub, to *testenv.Sink, namespace, topic string) {
-	t.Helper()
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for i := 0; !to.HasPrefix("probe-"); i++ {
-		testenv.Publish(t, a, namespace, topic, "probe-"+strconv.Itoa(i))
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("no probe delivered within %v", waitTimeout)
-		}
-	}
-	testenv.Publish(t, a, namespace, topic, "after recovery")
-	to.WaitText(t, "after recovery")
-}
-
-// stream publishes from hub without pause until the returned function is
-// called.
-func stream(t *testing.T, hub *edge.Hub, namespace, topic string) (stop func()) {
-	t.Helper()
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		tick := time.NewTicker(time.Millisecond)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			msg := edge.Message{Namespace: namespace, Topic: topic, Data: edge.Text("stream-" + strconv.Itoa(i))}
-			if err := hub.Publish(context.Background(), msg); err != nil {
-				return
-			}
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	var once sync.Once
-	stop = func() { once.Do(func() { close(done); <-stopped }) }
-	t.Cleanup(stop)
-	return stop
-}
-
 // freePort returns a TCP port of 127.0.0.1 that nothing listens on.
 func freePort(t *testing.T) string {
 	t.Helper()
@@ -482,13 +432,13 @@ func TestServerRestart(t *testing.T) {
 	a, aLog := newHub(t, natssync.New(natssync.Options{Conn: connectTo(t, url, reconnecting()...), Channel: channel}))
 	b, bLog := newHub(t, natssync.New(natssync.Options{Conn: connectTo(t, url, reconnecting()...), Channel: channel}))
 	got := testenv.Join(t, b, "/ns", "t")
-	stop := stream(t, a, "/ns", "t")
+	stop := testenv.Stream(t, a, "/ns", "t")
 	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	server.stop()
 	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
 	startNATS(t, path, port)
-	relayUntilDelivered(t, a, got, "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "t")
 	stop()
 	for _, l := range []struct {
 		name string
@@ -520,7 +470,7 @@ func TestSilentConnectionIsReported(t *testing.T) {
 	b, bLog := newHub(t, natssync.NewWithCheckTiming(natssync.Options{Conn: viaProxy, Channel: channel},
 		50*time.Millisecond, 300*time.Millisecond))
 	got := testenv.Join(t, b, "/ns", "t")
-	relayUntilDelivered(t, a, got, "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "t")
 
 	p.Freeze()
 	lost := bLog.Await(t, edge.StageSubscribe, 0, waitTimeout)
@@ -531,7 +481,7 @@ func TestSilentConnectionIsReported(t *testing.T) {
 		t.Errorf("the connection is %s; the test wants one that nats.go still takes for connected", s)
 	}
 	p.Restore()
-	relayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once for the outage: %v", len(errs), errs)
 	}

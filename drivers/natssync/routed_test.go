@@ -105,7 +105,7 @@ func TestRoutedSubscribesOnlyRoutedTopics(t *testing.T) {
 	topics := []string{"t-1", "t-2", long}
 	m, got := joinTopics(t, b, "/ns", topics...)
 	for _, topic := range topics {
-		relayUntilDelivered(t, a, got, "/ns", topic)
+		testenv.RelayUntilDelivered(t, a, got, "/ns", topic)
 	}
 	want := routeSubjects(channel, topics, m)
 	for _, s := range want {
@@ -165,7 +165,7 @@ func TestBroadcastHearsRouted(t *testing.T) {
 	channel := testenv.Channel(t)
 	a, _ := newHub(t, natssync.New(natssync.Options{Conn: connect(t), Channel: channel, Routed: true}))
 	b, _ := newHub(t, natssync.New(natssync.Options{Conn: connect(t), Channel: channel}))
-	relayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
 }
 
 // A topic that is unsubscribed and subscribed again within the linger costs
@@ -177,7 +177,7 @@ func TestRoutedLingerAbsorbsFlapping(t *testing.T) {
 	rs, probe := natssync.NewRoutedForTest(natssync.Options{Conn: connect(t), Channel: channel, RouteLinger: time.Minute})
 	b, _ := newHub(t, rs)
 	m, got := joinTopics(t, b, "/ns", "flap")
-	relayUntilDelivered(t, a, got, "/ns", "flap")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "flap")
 	probe.Settle()
 	subs, unsubs := probe.Counts()
 	for range 100 {
@@ -245,7 +245,7 @@ func TestRoutedChurnLeaksNoSubscription(t *testing.T) {
 	}
 	stay, got := joinTopics(t, b, "/churn", "stays-1", "stays-2")
 	wg.Wait()
-	relayUntilDelivered(t, a, got, "/churn", "stays-1")
+	testenv.RelayUntilDelivered(t, a, got, "/churn", "stays-1")
 	awaitSubscribed(t, probe, nc, routeSubjects(channel, []string{"stays-1", "stays-2"}, stay))
 	stay.Leave()
 	awaitSubscribed(t, probe, nc, nil)
@@ -268,7 +268,7 @@ func TestRoutedServerRestart(t *testing.T) {
 	topics := []string{"k-0", "k-1", "k-2"}
 	m, got := joinTopics(t, b, "/ns", topics...)
 	for _, topic := range topics {
-		relayUntilDelivered(t, a, got, "/ns", topic)
+		testenv.RelayUntilDelivered(t, a, got, "/ns", topic)
 	}
 
 	server.stop()
@@ -280,10 +280,10 @@ func TestRoutedServerRestart(t *testing.T) {
 	members := []*edge.Member{m, n}
 	for _, topic := range topics {
 		mm, s := joinTopics(t, b, "/ns", topic) // a sink with nothing yet
-		relayUntilDelivered(t, a, s, "/ns", topic)
+		testenv.RelayUntilDelivered(t, a, s, "/ns", topic)
 		members = append(members, mm)
 	}
-	relayUntilDelivered(t, a, during, "/ns", "k-during")
+	testenv.RelayUntilDelivered(t, a, during, "/ns", "k-during")
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once: %v", len(errs), errs)
 	}

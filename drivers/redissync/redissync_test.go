@@ -229,55 +229,6 @@ func TestCrosswsInterop(t *testing.T) {
 	}
 }
 
-// relayUntilDelivered publishes probes from a until one reaches to, which
-// proves b is subscribed again, then checks that a message published after
-// that arrives.
-func relayUntilDelivered(t *testing.T, a *edge.Hub, to *testenv.Sink, namespace, topic string) {
-	t.Helper()
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for i := 0; !to.HasPrefix("probe-"); i++ {
-		testenv.Publish(t, a, namespace, topic, "probe-"+strconv.Itoa(i))
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("no probe delivered within %v", waitTimeout)
-		}
-	}
-	testenv.Publish(t, a, namespace, topic, "after recovery")
-	to.WaitText(t, "after recovery")
-}
-
-// stream publishes from hub without pause until the returned function is
-// called.
-func stream(t *testing.T, hub *edge.Hub, namespace, topic string) (stop func()) {
-	t.Helper()
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		tick := time.NewTicker(time.Millisecond)
-		defer tick.Stop()
-		for i := 0; ; i++ {
-			msg := edge.Message{Namespace: namespace, Topic: topic, Data: edge.Text("stream-" + strconv.Itoa(i))}
-			if err := hub.Publish(context.Background(), msg); err != nil {
-				return
-			}
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	var once sync.Once
-	stop = func() { once.Do(func() { close(done); <-stopped }) }
-	t.Cleanup(stop)
-	return stop
-}
-
 // killPubSub kills the pub/sub connections of the clients named name.
 func killPubSub(t *testing.T, admin *redis.Client, name string) {
 	t.Helper()
@@ -323,12 +274,12 @@ func TestResubscribeAfterClientKill(t *testing.T) {
 	a, _ := newHub(t, redissync.Options{Client: admin, Channel: channel})
 	b, bLog := newHub(t, redissync.Options{Client: bClient, Channel: channel})
 	got := testenv.Join(t, b, "/ns", "t")
-	stop := stream(t, a, "/ns", "t")
+	stop := testenv.Stream(t, a, "/ns", "t")
 	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	killPubSub(t, admin, opt.ClientName)
 	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
-	relayUntilDelivered(t, a, got, "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "t")
 	stop()
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
@@ -409,13 +360,13 @@ func TestResubscribeAfterServerRestart(t *testing.T) {
 	a, _ := newHub(t, redissync.Options{Client: client, Channel: channel})
 	b, bLog := newHub(t, redissync.Options{Client: client, Channel: channel})
 	got := testenv.Join(t, b, "/ns", "t")
-	stop := stream(t, a, "/ns", "t")
+	stop := testenv.Stream(t, a, "/ns", "t")
 	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	server.stop()
 	bLog.Await(t, edge.StageSubscribe, 0, waitTimeout)
 	startRedis(t, path, port)
-	relayUntilDelivered(t, a, got, "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "t")
 	stop()
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
@@ -720,12 +671,12 @@ func TestSilentConnectionIsReplaced(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Close() })
 	got := testenv.Join(t, b, "/ns", "t")
-	stop := stream(t, a, "/ns", "t")
+	stop := testenv.Stream(t, a, "/ns", "t")
 	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
 	p.freeze()
 	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
-	relayUntilDelivered(t, a, got, "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "t")
 	stop()
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once per outage: %v", len(errs), errs)
@@ -764,7 +715,7 @@ func TestSubscriptionMissingItsProbesIsReplaced(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Close() })
 	got := testenv.Join(t, b, "/ns", "t")
-	stop := stream(t, a, "/ns", "t")
+	stop := testenv.Stream(t, a, "/ns", "t")
 	defer stop()
 	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
@@ -777,7 +728,7 @@ func TestSubscriptionMissingItsProbesIsReplaced(t *testing.T) {
 	if !strings.Contains(lost.Error(), "probe") {
 		t.Errorf("reported %v, want the probe named", lost)
 	}
-	relayUntilDelivered(t, a, got, "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "t")
 	if errs := bLog.Errors(edge.StageDelivery); len(errs) > 0 {
 		t.Errorf("probes reported at StageDelivery: %v", errs)
 	}
@@ -885,7 +836,7 @@ func TestUnansweredSubscribeIsReplaced(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Close() })
 	got := testenv.Join(t, b, "/ns", "t")
-	relayUntilDelivered(t, a, got, "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "t")
 
 	hole.hole.Store(true)
 	killPubSub(t, admin, opt.ClientName) // go-redis dials again, into the hole
@@ -893,7 +844,7 @@ func TestUnansweredSubscribeIsReplaced(t *testing.T) {
 		testenv.Recv(t, hole.holed, waitTimeout, fmt.Sprintf("SUBSCRIBE %d into the hole", i+1))
 	}
 	hole.hole.Store(false)
-	relayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
+	testenv.RelayUntilDelivered(t, a, testenv.Join(t, b, "/ns", "t"), "/ns", "t")
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
 		t.Errorf("reported at StageSubscribe %d times, want once for the outage: %v", len(errs), errs)
 	}

@@ -136,7 +136,7 @@ func TestRoutedLingerAbsorbsFlapping(t *testing.T) {
 	rs, probe := redissync.NewRoutedForTest(opts)
 	b, _ := newSyncHub(t, rs)
 	m, got := joinTopics(t, b, "/ns", "flap")
-	relayUntilDelivered(t, a, got, "/ns", "flap")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "flap")
 	probe.Settle()
 	subs, unsubs := probe.Counts()
 
@@ -176,7 +176,7 @@ func TestRoutedBucketsAreBounded(t *testing.T) {
 		topics, sinks, members = append(topics, topic), append(sinks, s), append(members, m)
 	}
 	for i, s := range sinks {
-		relayUntilDelivered(t, a, s, "/ns", topics[i])
+		testenv.RelayUntilDelivered(t, a, s, "/ns", topics[i])
 	}
 	for i, s := range sinks {
 		if s.Find(func(d edge.Data) bool {
@@ -228,7 +228,7 @@ func TestRoutedChurnLeaksNoSubscription(t *testing.T) {
 	}
 	stay, got := joinTopics(t, b, "/churn", "stays-1", "stays-2")
 	wg.Wait()
-	relayUntilDelivered(t, a, got, "/churn", "stays-1")
+	testenv.RelayUntilDelivered(t, a, got, "/churn", "stays-1")
 
 	awaitChannels(t, admin, channel+":r:*", buckets(opts, []string{"stays-1", "stays-2"}, stay))
 	stay.Leave()
@@ -255,7 +255,7 @@ func TestRoutedResubscribeAfterClientKill(t *testing.T) {
 	b, bLog := newHub(t, bOpts)
 	topics := []string{"k-0", "k-1", "k-2", "k-3", "k-4", "k-5", "k-6", "k-7"}
 	m, got := joinTopics(t, b, "/ns", topics...)
-	relayUntilDelivered(t, a, got, "/ns", "k-0")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "k-0")
 	want := buckets(bOpts, topics, m)
 	awaitChannels(t, admin, channel+":r:*", want)
 
@@ -264,7 +264,7 @@ func TestRoutedResubscribeAfterClientKill(t *testing.T) {
 	members := []*edge.Member{m}
 	for _, topic := range topics {
 		n, s := joinTopics(t, b, "/ns", topic) // a sink with nothing yet
-		relayUntilDelivered(t, a, s, "/ns", topic)
+		testenv.RelayUntilDelivered(t, a, s, "/ns", topic)
 		members = append(members, n)
 	}
 	awaitChannels(t, admin, channel+":r:*", buckets(bOpts, topics, members...))
@@ -321,7 +321,7 @@ func TestRoutedReplacedSubscriptionKeepsBuckets(t *testing.T) {
 		50*time.Millisecond, 500*time.Millisecond))
 	topics := []string{"r-0", "r-1", "r-2"}
 	m, got := joinTopics(t, b, "/ns", topics...)
-	relayUntilDelivered(t, a, got, "/ns", "r-0")
+	testenv.RelayUntilDelivered(t, a, got, "/ns", "r-0")
 	want := buckets(redissync.Options{Channel: channel}, topics, m)
 	awaitChannels(t, admin, channel+":r:*", want)
 	oldID, subs, ok := pubsubConn(t, admin, opt.ClientName)
@@ -348,6 +348,6 @@ func TestRoutedReplacedSubscriptionKeepsBuckets(t *testing.T) {
 	}
 	for _, topic := range topics {
 		_, s := joinTopics(t, b, "/ns", topic)
-		relayUntilDelivered(t, a, s, "/ns", topic)
+		testenv.RelayUntilDelivered(t, a, s, "/ns", topic)
 	}
 }

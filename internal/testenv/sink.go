@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -106,4 +107,53 @@ func Publish(t testing.TB, hub *edge.Hub, namespace, topic, text string) {
 	if err := hub.Publish(context.Background(), edge.Message{Namespace: namespace, Topic: topic, Data: edge.Text(text)}); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
+}
+
+// RelayUntilDelivered publishes probes from hub until one reaches to, which
+// proves the relay to its instance works (again), then checks that a
+// message published after that arrives.
+func RelayUntilDelivered(t testing.TB, hub *edge.Hub, to *Sink, namespace, topic string) {
+	t.Helper()
+	deadline := time.NewTimer(SinkTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; !to.HasPrefix("probe-"); i++ {
+		Publish(t, hub, namespace, topic, "probe-"+strconv.Itoa(i))
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Fatalf("no probe delivered within %v", SinkTimeout)
+		}
+	}
+	Publish(t, hub, namespace, topic, "after recovery")
+	to.WaitText(t, "after recovery")
+}
+
+// Stream publishes from hub, a message a millisecond, until the returned
+// function is called or the test ends.
+func Stream(t testing.TB, hub *edge.Hub, namespace, topic string) (stop func()) {
+	t.Helper()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			msg := edge.Message{Namespace: namespace, Topic: topic, Data: edge.Text("stream-" + strconv.Itoa(i))}
+			if err := hub.Publish(context.Background(), msg); err != nil {
+				return
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { close(done); <-stopped }) }
+	t.Cleanup(stop)
+	return stop
 }

@@ -244,6 +244,7 @@ func New(opts Options) edge.Sync {
 			d.report = func(error, edge.Stage) {}
 		}
 		d.outage = reconnect.NewOutage(d.report)
+		d.cluster, _ = opts.Client.(*redis.ClusterClient)
 		d.echo = envelope.EchoPrefix(inst.ID)
 		d.probe = probe.Prefix(inst.ID)
 		d.listen = d.channel
@@ -262,6 +263,7 @@ func New(opts Options) edge.Sync {
 type driver struct {
 	signer   *envelope.Signer // nil: unsigned
 	client   redis.UniversalClient
+	cluster  *redis.ClusterClient // not nil: sharded pub/sub on a Redis Cluster
 	channel  string
 	listen   string  // the channel subscribed for probes, and in broadcast for every message
 	routes   *router // nil: broadcast
@@ -284,6 +286,7 @@ type driver struct {
 	started bool
 	stopped bool               // the loop is told to stop
 	ps      *redis.PubSub      // the current subscription; nil once stopped
+	shards  *shardSet          // on a Redis Cluster, the subscriptions
 	cancel  context.CancelFunc // cancels the loop's context
 }
 
@@ -329,7 +332,14 @@ func (d *driver) Publish(ctx context.Context, msg edge.Message) error {
 		return fmt.Errorf("redissync: publish: %w", err)
 	}
 	channel := d.publishChannel(msg.Topic)
-	if err := d.client.Publish(ctx, channel, b.buf).Err(); err != nil {
+	var cmd *redis.IntCmd
+	if d.cluster != nil {
+		cmd = d.cluster.SPublish(ctx, channel, b.buf)
+	} else {
+		cmd = d.client.Publish(ctx, channel, b.buf)
+	}
+	if err := cmd.Err(); err != nil {
+		d.reloadCluster(ctx)
 		return fmt.Errorf("redissync: publish to %q: %w", channel, err)
 	}
 	return nil
@@ -361,15 +371,30 @@ func (d *driver) PublishBatch(ctx context.Context, msgs []edge.Message) error {
 	_, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		start := 0
 		for i, end := range b.ends {
-			p.Publish(ctx, d.publishChannel(msgs[i].Topic), b.buf[start:end:end])
+			if d.cluster != nil {
+				p.SPublish(ctx, d.publishChannel(msgs[i].Topic), b.buf[start:end:end])
+			} else {
+				p.Publish(ctx, d.publishChannel(msgs[i].Topic), b.buf[start:end:end])
+			}
 			start = end
 		}
 		return nil
 	})
 	if err != nil {
+		d.reloadCluster(ctx)
 		return fmt.Errorf("redissync: publish %d messages to %q: %w", len(msgs), d.channel, err)
 	}
 	return nil
+}
+
+// reloadCluster, on a Redis Cluster, has the client reload its slot map in
+// the background after a publish failed: go-redis does not do so after
+// every failure (a master that refuses connections), and until it does, it
+// sends the slots of a master that failed over to the dead master.
+func (d *driver) reloadCluster(ctx context.Context) {
+	if d.cluster != nil {
+		d.cluster.ReloadState(ctx)
+	}
 }
 
 // publishChannel returns the channel a message of topic goes to: the
@@ -402,6 +427,10 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 	d.started = true
 	loopCtx, cancel := context.WithCancel(ctx)
 	d.cancel = cancel
+	if d.cluster != nil {
+		d.mu.Unlock()
+		return d.subscribeSharded(ctx, loopCtx, deliver)
+	}
 	d.ps = d.client.Subscribe(loopCtx) // no channel yet: no network
 	ps := d.ps
 	d.wg.Add(3)
@@ -431,7 +460,7 @@ func (d *driver) Subscribe(ctx context.Context, deliver func(edge.Message)) erro
 	if d.routes != nil {
 		go func() {
 			defer d.wg.Done()
-			d.routes.run(loopCtx, d.current)
+			d.routes.run(loopCtx, d.applyRoutes)
 		}()
 		d.routes.wake() // for the routes the Hub set before Subscribe
 	}
@@ -609,6 +638,25 @@ func (d *driver) renew(ctx context.Context) *redis.PubSub {
 	return ps
 }
 
+// applyRoutes subscribes and unsubscribes bucket channels on the
+// subscription of the moment, if the driver is not stopped.
+//
+// go-redis records the channels before it writes, and subscribes them again
+// on a new connection: a write that fails here is made good by the
+// reconnection that follows it.
+func (d *driver) applyRoutes(ctx context.Context, sub, unsub []string) {
+	ps := d.current()
+	if ps == nil {
+		return
+	}
+	if len(sub) > 0 {
+		_ = ps.Subscribe(ctx, sub...)
+	}
+	if len(unsub) > 0 {
+		_ = ps.Unsubscribe(ctx, unsub...)
+	}
+}
+
 // current returns the subscription of the moment, nil once stopped.
 func (d *driver) current() *redis.PubSub {
 	d.mu.Lock()
@@ -658,9 +706,7 @@ func (d *driver) handle(payload string, deliver func(edge.Message), scratch []by
 	}
 	if probe.Is(payload) {
 		// Never delivered: one of ours is expected back.
-		if n, ok := probe.Parse(payload, d.probe); ok {
-			d.probes.Got(n)
-		}
+		d.gotProbe(payload)
 		return scratch
 	}
 	// Decode keeps nothing of its input: the copy is reused.
@@ -681,6 +727,23 @@ func (d *driver) handle(payload string, deliver func(edge.Message), scratch []by
 	return scratch
 }
 
+// gotProbe records that a probe of the instance came back: on a Redis
+// Cluster, that of one of its shard subscriptions.
+func (d *driver) gotProbe(payload string) {
+	if n, ok := probe.Parse(payload, d.probe); ok {
+		d.probes.Got(n)
+		return
+	}
+	if d.cluster != nil {
+		d.mu.Lock()
+		s := d.shards
+		d.mu.Unlock()
+		if s != nil {
+			s.gotProbe(payload)
+		}
+	}
+}
+
 // deliver calls the Hub's callback, which must not take the loop down.
 func (d *driver) deliver(deliver func(edge.Message), msg edge.Message) {
 	defer func() {
@@ -696,11 +759,14 @@ func (d *driver) deliver(deliver func(edge.Message), msg edge.Message) {
 func (d *driver) stop() {
 	d.mu.Lock()
 	d.stopped = true
-	ps, cancel := d.ps, d.cancel
+	ps, cancel, shards := d.ps, d.cancel, d.shards
 	d.ps = nil
 	d.mu.Unlock()
 	if cancel != nil {
 		cancel()
+	}
+	if shards != nil {
+		shards.stop()
 	}
 	if ps != nil {
 		_ = ps.Close()

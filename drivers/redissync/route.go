@@ -121,9 +121,9 @@ func (r *router) wants(topic string) bool {
 }
 
 // run brings the subscribed buckets in line with the wanted ones whenever a
-// route changes or a linger ends, until ctx is done. current returns the
-// subscription of the moment, nil once the driver stops.
-func (r *router) run(ctx context.Context, current func() *redis.PubSub) {
+// route changes or a linger ends, until ctx is done. apply sends the
+// changes: the bucket channels to subscribe and those to unsubscribe.
+func (r *router) run(ctx context.Context, apply func(ctx context.Context, sub, unsub []string)) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -136,7 +136,7 @@ func (r *router) run(ctx context.Context, current func() *redis.PubSub) {
 		case <-timer.C:
 		case reply = <-r.settle:
 		}
-		if next, ok := r.pass(ctx, current); ok {
+		if next, ok := r.pass(ctx, apply); ok {
 			timer.Reset(next)
 		}
 		if reply != nil {
@@ -149,7 +149,7 @@ func (r *router) run(ctx context.Context, current func() *redis.PubSub) {
 // pass subscribes the buckets that gained a topic, and unsubscribes those
 // whose linger is over. It returns how long until the next linger ends,
 // and whether one is pending.
-func (r *router) pass(ctx context.Context, current func() *redis.PubSub) (time.Duration, bool) {
+func (r *router) pass(ctx context.Context, apply func(ctx context.Context, sub, unsub []string)) (time.Duration, bool) {
 	r.subMu.Lock()
 	defer r.subMu.Unlock()
 	var sub, unsub []string
@@ -170,19 +170,7 @@ func (r *router) pass(ctx context.Context, current func() *redis.PubSub) (time.D
 	if len(sub)+len(unsub) == 0 {
 		return next, pending
 	}
-	ps := current()
-	if ps == nil {
-		return next, pending
-	}
-	// go-redis records the channels before it writes, and subscribes them
-	// again on a new connection: a write that fails here is made good by
-	// the reconnection that follows it.
-	if len(sub) > 0 {
-		_ = ps.Subscribe(ctx, sub...)
-	}
-	if len(unsub) > 0 {
-		_ = ps.Unsubscribe(ctx, unsub...)
-	}
+	apply(ctx, sub, unsub)
 	if r.count != nil {
 		r.count(len(sub), len(unsub))
 	}
@@ -214,4 +202,21 @@ func (r *router) subscribed() []string {
 		out = append(out, r.name(b))
 	}
 	return out
+}
+
+// takeFirst marks the buckets routed so far as subscribed and returns their
+// channels, for a first subscription made elsewhere than subscribeFirst.
+func (r *router) takeFirst() []string {
+	r.subMu.Lock()
+	defer r.subMu.Unlock()
+	var channels []string
+	subscribe, _, _ := r.table.Take(r.clock())
+	for _, b := range subscribe {
+		r.subbed[b] = struct{}{}
+		channels = append(channels, r.name(b))
+	}
+	if r.count != nil {
+		r.count(len(channels), 0)
+	}
+	return channels
 }

@@ -32,9 +32,10 @@ const clusterNodeTimeout = 1000 // milliseconds
 // binary when EDGESYNC_REDIS_CLUSTER names none. Its servers end with the
 // binary: see startRedisNode.
 var shared struct {
-	once  sync.Once
-	addrs []string
-	err   error
+	once    sync.Once
+	cluster *PrivateRedisCluster // kept: were its pipes collected, its servers would end
+	addrs   []string
+	err     error
 }
 
 // RedisCluster returns the addresses (HOST:PORT) of every node of a Redis
@@ -73,7 +74,7 @@ func RedisCluster(t testing.TB) []string {
 			shared.err = err
 			return
 		}
-		shared.addrs = c.Addrs()
+		shared.cluster, shared.addrs = c, c.Addrs()
 	})
 	if shared.err != nil {
 		t.Fatalf("starting a Redis Cluster: %v", shared.err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,5 +95,37 @@ func TestRoutedNeedsRedisOrPostgres(t *testing.T) {
 	}
 	if err := (chatroom.Config{NATS: "nats://x", Redis: "redis://y"}).Check(); !errors.Is(err, chatroom.ErrTwoBackplanes) {
 		t.Errorf("NATS and Redis: %v", err)
+	}
+}
+
+// Two servers on a Redis Cluster, broadcast and routed, are one room.
+
+func TestChatOverRedisCluster(t *testing.T) {
+	testTwoServers(t, config{rcluster: strings.Join(testenv.RedisCluster(t), ","), channel: testenv.Channel(t)})
+}
+
+func TestChatRoutedRedisCluster(t *testing.T) {
+	testTwoServers(t, config{rcluster: strings.Join(testenv.RedisCluster(t), ","), routed: true, channel: testenv.Channel(t)})
+}
+
+// -redis-cluster is one backplane among the others, routes, and gives the
+// Registry that -apigw-endpoint needs; EDGESYNC_REDIS_CLUSTER sets it.
+func TestRedisClusterFlag(t *testing.T) {
+	if err := (chatroom.Config{RedisCluster: "127.0.0.1:7000", Redis: "redis://y"}).Check(); !errors.Is(err, chatroom.ErrTwoBackplanes) {
+		t.Errorf("Redis Cluster and Redis: %v, want ErrTwoBackplanes", err)
+	}
+	if err := (chatroom.Config{RedisCluster: "127.0.0.1:7000", Routed: true}).Check(); err != nil {
+		t.Errorf("routed on a Redis Cluster: %v", err)
+	}
+	env := map[string]string{"EDGESYNC_REDIS_CLUSTER": "127.0.0.1:7000,127.0.0.1:7001"}
+	cfg, err := parseConfig([]string{"-apigw-endpoint", "http://127.0.0.1:1/local"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatalf("-apigw-endpoint on EDGESYNC_REDIS_CLUSTER: %v", err)
+	}
+	if cfg.rcluster != env["EDGESYNC_REDIS_CLUSTER"] || backplaneName(cfg) != "redis-cluster" {
+		t.Errorf("config %+v, backplane %q", cfg, backplaneName(cfg))
+	}
+	if _, err := parseConfig([]string{"-redis-cluster", "127.0.0.1:7000", "-nats", "nats://x"}, func(string) string { return "" }, io.Discard); !errors.Is(err, chatroom.ErrTwoBackplanes) {
+		t.Errorf("-redis-cluster with -nats: %v, want ErrTwoBackplanes", err)
 	}
 }

@@ -13,13 +13,16 @@
 //	go run ./examples/chat -addr :8080 -redis redis://127.0.0.1:6379/0
 //	go run ./examples/chat -addr :8081 -redis redis://127.0.0.1:6379/0
 //
-// -redis URL, -postgres URL, -nats URL and -cluster SOCKET choose the
-// backplane (one at most), -channel NAME the channel the servers share.
-// -routed relays by topic on Redis, Postgres or NATS: each server receives only
-// the rooms its clients are in (every server of the chat alike; crossws
-// cannot join). Each flag defaults to an environment variable:
-// EDGESYNC_REDIS_URL, EDGESYNC_POSTGRES_URL, EDGESYNC_NATS_URL,
-// EDGESYNC_CLUSTER_SOCKET, EDGESYNC_ROUTED (1 for on) and EDGESYNC_CHANNEL.
+// -redis URL, -redis-cluster HOST:PORT,…, -postgres URL, -nats URL and
+// -cluster SOCKET choose the backplane (one at most), -channel NAME the
+// channel the servers share. -redis-cluster takes nodes of a Redis Cluster,
+// which relays with sharded pub/sub (see the README for a local one).
+// -routed relays by topic on Redis, a Redis Cluster, Postgres or NATS: each
+// server receives only the rooms its clients are in (every server of the
+// chat alike; crossws cannot join). Each flag defaults to an environment
+// variable: EDGESYNC_REDIS_URL, EDGESYNC_REDIS_CLUSTER, EDGESYNC_POSTGRES_URL,
+// EDGESYNC_NATS_URL, EDGESYNC_CLUSTER_SOCKET, EDGESYNC_ROUTED (1 for on) and
+// EDGESYNC_CHANNEL.
 // chat -h prints them.
 //
 // -secret KEYS (or EDGESYNC_SECRET) signs the backplane: every server of the
@@ -34,10 +37,11 @@
 //
 // With -apigw-endpoint URL (or EDGESYNC_APIGW_ENDPOINT), the server joins
 // the clients of examples/chat-lambda behind an API Gateway WebSocket API:
-// it uses the Registry of connections of its -redis or -postgres backplane
-// (one of them is required; give it the same URL and -channel as the
-// function), posts what its own clients send to the connections API
-// Gateway holds, and reaches them with direct messages. URL is the API's
+// it uses the Registry of connections of its -redis, -redis-cluster or
+// -postgres backplane (one of them is required; give it the same URL and
+// -channel as the function), posts what its own clients send to the
+// connections API Gateway holds, and reaches them with direct messages. URL
+// is the API's
 // management endpoint, https://{api-id}.execute-api.{region}.amazonaws.com/{stage},
 // as the SAM template's outputs give it, or the emulator's:
 //
@@ -108,6 +112,7 @@ const minPresenceTTL = 100 * time.Millisecond
 type config struct {
 	addr        string
 	redis       string // Redis URL
+	rcluster    string // comma-separated addresses of Redis Cluster nodes
 	postgres    string // Postgres connection string
 	nats        string // NATS URL
 	cluster     string // Unix socket path
@@ -144,13 +149,15 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (conf
 		fmt.Fprint(fs.Output(), `Usage: chat [flags]
 
 Serves a chat room at http://ADDR/ and its WebSocket endpoint at /_ws.
-With -redis, -postgres, -nats or -cluster (one at most), instances on the
-same channel form one room; -routed (Redis, Postgres, NATS) relays by topic. With -apigw-endpoint and -redis or -postgres, the
+With -redis, -redis-cluster, -postgres, -nats or -cluster (one at most),
+instances on the same channel form one room; -routed (Redis, Redis Cluster,
+Postgres, NATS) relays by topic. With -apigw-endpoint and -redis,
+-redis-cluster or -postgres, the
 clients of examples/chat-lambda behind that API Gateway WebSocket API are
 in the room too (AWS credentials from the default chain; dummy ones for
 a local emulator at a loopback http URL when none are configured).
 The flags default to environment variables: EDGESYNC_REDIS_URL,
-EDGESYNC_POSTGRES_URL, EDGESYNC_NATS_URL, EDGESYNC_CLUSTER_SOCKET,
+EDGESYNC_REDIS_CLUSTER, EDGESYNC_POSTGRES_URL, EDGESYNC_NATS_URL, EDGESYNC_CLUSTER_SOCKET,
 EDGESYNC_ROUTED (1 for on), EDGESYNC_CHANNEL,
 EDGESYNC_SECRET, EDGESYNC_APIGW_ENDPOINT, EDGESYNC_INSTANCE_NAME and
 EDGESYNC_PRESENCE_TTL. SIGINT or SIGTERM stops the server.
@@ -161,13 +168,14 @@ Flags:
 	}
 	fs.StringVar(&cfg.addr, "addr", ":8080", "address to listen on")
 	fs.StringVar(&cfg.redis, "redis", getenv("EDGESYNC_REDIS_URL"), "relay over Redis at this URL")
+	fs.StringVar(&cfg.rcluster, "redis-cluster", getenv("EDGESYNC_REDIS_CLUSTER"), "relay over the Redis Cluster of these comma-separated `HOST:PORT` nodes, with sharded pub/sub")
 	fs.StringVar(&cfg.postgres, "postgres", getenv("EDGESYNC_POSTGRES_URL"), "relay over Postgres at this URL")
 	fs.StringVar(&cfg.nats, "nats", getenv("EDGESYNC_NATS_URL"), "relay over NATS at this URL")
 	fs.StringVar(&cfg.cluster, "cluster", getenv("EDGESYNC_CLUSTER_SOCKET"), "relay between processes on this host over this Unix socket")
-	fs.BoolVar(&cfg.routed, "routed", getenv("EDGESYNC_ROUTED") == "1", "relay by topic: each server receives only its clients' rooms (-redis, -postgres or -nats; every server of the chat alike)")
+	fs.BoolVar(&cfg.routed, "routed", getenv("EDGESYNC_ROUTED") == "1", "relay by topic: each server receives only its clients' rooms (-redis, -redis-cluster, -postgres or -nats; every server of the chat alike)")
 	fs.StringVar(&cfg.channel, "channel", cmp.Or(getenv("EDGESYNC_CHANNEL"), "edgesync-chat"), "channel the servers of one chat share")
 	fs.StringVar(&cfg.secret, "secret", getenv("EDGESYNC_SECRET"), "sign the backplane with these comma-separated `keys`: the first signs, any is accepted (rotate with \"new,old\", then \"new\")")
-	fs.StringVar(&cfg.apigw, "apigw-endpoint", getenv("EDGESYNC_APIGW_ENDPOINT"), "post to the connections of the API Gateway WebSocket API with this management endpoint `URL` (needs -redis or -postgres)")
+	fs.StringVar(&cfg.apigw, "apigw-endpoint", getenv("EDGESYNC_APIGW_ENDPOINT"), "post to the connections of the API Gateway WebSocket API with this management endpoint `URL` (needs -redis, -redis-cluster or -postgres)")
 	fs.StringVar(&cfg.name, "name", getenv("EDGESYNC_INSTANCE_NAME"), "the instance name the room shows for this server's clients (default \"vm \" and the listen address)")
 	ttl, ttlErr := envDuration(getenv, "EDGESYNC_PRESENCE_TTL", edge.DefaultPresenceTTL)
 	fs.DurationVar(&cfg.presenceTTL, "presence-ttl", ttl, "how long the room lists the clients of a server that died")
@@ -192,8 +200,8 @@ Flags:
 		if err := checkEndpoint(cfg.apigw); err != nil {
 			return fail(err)
 		}
-		if cfg.redis == "" && cfg.postgres == "" {
-			return fail(errors.New("-apigw-endpoint needs the Registry of a -redis or -postgres backplane"))
+		if cfg.redis == "" && cfg.rcluster == "" && cfg.postgres == "" {
+			return fail(errors.New("-apigw-endpoint needs the Registry of a -redis, -redis-cluster or -postgres backplane"))
 		}
 	}
 	return cfg, nil
@@ -336,7 +344,7 @@ func (f *freshConns) closeAll() {
 // room returns the backplane cfg chooses.
 func (cfg config) room() chatroom.Config {
 	return chatroom.Config{
-		Redis: cfg.redis, Postgres: cfg.postgres, NATS: cfg.nats, Cluster: cfg.cluster,
+		Redis: cfg.redis, RedisCluster: cfg.rcluster, Postgres: cfg.postgres, NATS: cfg.nats, Cluster: cfg.cluster,
 		Channel: cfg.channel, Secret: cfg.secret, Routed: cfg.routed,
 	}
 }
@@ -387,6 +395,8 @@ func backplaneName(cfg config) string {
 	switch {
 	case cfg.redis != "":
 		return "redis"
+	case cfg.rcluster != "":
+		return "redis-cluster"
 	case cfg.postgres != "":
 		return "postgres"
 	case cfg.nats != "":

@@ -126,6 +126,7 @@ type PrivateRedisCluster struct {
 // and, should the test binary end first, when the binary exits.
 type redisNode struct {
 	addr   string
+	log    string // the server's log file
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	killed bool
@@ -154,8 +155,12 @@ func StartRedisCluster(t testing.TB) *PrivateRedisCluster {
 // the returned cluster, when not nil, holds the nodes to stop.
 func startRedisCluster(server, cli, dir string, selfClean bool) (*PrivateRedisCluster, error) {
 	c := &PrivateRedisCluster{}
-	for range 6 {
-		n, err := startRedisNode(server, dir, selfClean)
+	ports, err := freeLoopbackPorts(12)
+	if err != nil {
+		return nil, err
+	}
+	for i := range 6 {
+		n, err := startRedisNode(server, dir, ports[2*i], ports[2*i+1], selfClean)
 		if err != nil {
 			c.stop()
 			return nil, err
@@ -166,8 +171,9 @@ func startRedisCluster(server, cli, dir string, selfClean bool) (*PrivateRedisCl
 	defer cancel()
 	for _, n := range c.nodes {
 		if err := awaitNode(ctx, n.addr, func(cl *redis.Client) error { return cl.Ping(ctx).Err() }); err != nil {
+			log, _ := os.ReadFile(n.log)
 			c.stop()
-			return nil, err
+			return nil, fmt.Errorf("%w; its log: %s", err, log)
 		}
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
@@ -183,14 +189,20 @@ func startRedisCluster(server, cli, dir string, selfClean bool) (*PrivateRedisCl
 	return c, nil
 }
 
-// freeLoopbackPort returns a TCP port of 127.0.0.1 that nothing listens on.
-func freeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freeLoopbackPorts returns n different TCP ports of 127.0.0.1 that nothing
+// listens on: all are held at once while they are chosen, so that none is
+// handed out twice.
+func freeLoopbackPorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }
 
 // nodeScript runs redis-server ("$0" "$@") in the background, prints its
@@ -205,17 +217,9 @@ wait "$pid" 2>/dev/null
 if [ -n "$EDGESYNC_NODE_RM" ]; then rm -rf "$EDGESYNC_NODE_RM"; rmdir "$(dirname "$EDGESYNC_NODE_RM")" 2>/dev/null; fi
 exit 0`
 
-// startRedisNode starts one cluster-enabled redis-server on free loopback
-// ports, in a directory of its own under dir.
-func startRedisNode(server, dir string, selfClean bool) (*redisNode, error) {
-	port, err := freeLoopbackPort()
-	if err != nil {
-		return nil, err
-	}
-	busPort, err := freeLoopbackPort()
-	if err != nil {
-		return nil, err
-	}
+// startRedisNode starts one cluster-enabled redis-server on loopback port,
+// with its cluster bus on busPort, in a directory of its own under dir.
+func startRedisNode(server, dir string, port, busPort int, selfClean bool) (*redisNode, error) {
 	nodeDir := filepath.Join(dir, strconv.Itoa(port))
 	if err := os.MkdirAll(nodeDir, 0o755); err != nil {
 		return nil, err
@@ -241,7 +245,7 @@ func startRedisNode(server, dir string, selfClean bool) (*redisNode, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting redis-server: %w", err)
 	}
-	n := &redisNode{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, stdin: stdin}
+	n := &redisNode{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), log: filepath.Join(nodeDir, "redis.log"), cmd: cmd, stdin: stdin}
 	if _, err := bufio.NewReader(stdout).ReadString('\n'); err != nil {
 		n.kill()
 		return nil, fmt.Errorf("redis-server on port %d did not start: %w", port, err)

@@ -60,16 +60,19 @@ func Page(wsPath string) http.Handler {
 	})
 }
 
-// Config chooses the backplane: Redis, Postgres, NATS or a Unix socket (one
-// at most), or none.
+// Config chooses the backplane: Redis, a Redis Cluster, Postgres, NATS or a
+// Unix socket (one at most), or none.
 type Config struct {
-	Redis    string // Redis URL
+	Redis string // Redis URL
+	// RedisCluster is the comma-separated HOST:PORT addresses of nodes of
+	// a Redis Cluster, which relays with sharded pub/sub.
+	RedisCluster string
 	Postgres string // Postgres connection string
 	NATS     string // NATS URL
 	Cluster  string // Unix socket path
 	Channel  string
 	Secret   string // comma-separated signing keys, the first signs
-	// Routed relays by topic (Redis, Postgres, NATS): an instance receives
+	// Routed relays by topic (Redis, a Redis Cluster, Postgres, NATS): an instance receives
 	// only the rooms' topics its clients subscribe to. Every instance of
 	// the chat sets it, or none does.
 	Routed bool
@@ -86,7 +89,7 @@ type Backplane struct {
 	// PresenceChannel(Channel), apart from Registry, whose connections are
 	// posted to. nil with Registry.
 	Presence edge.Registry
-	Name     string // "redis", "postgres", "nats", "cluster" or "none"
+	Name     string // "redis", "redis-cluster", "postgres", "nats", "cluster" or "none"
 	close    func()
 }
 
@@ -121,6 +124,31 @@ func Open(ctx context.Context, cfg Config) (*Backplane, error) {
 		return &Backplane{
 			Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys, Routed: cfg.Routed}),
 			Registry: reg, Presence: presence, Name: "redis", close: func() { client.Close() },
+		}, nil
+	case cfg.RedisCluster != "":
+		var addrs []string
+		for _, a := range strings.Split(cfg.RedisCluster, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				addrs = append(addrs, a)
+			}
+		}
+		if len(addrs) == 0 {
+			return nil, errors.New("-redis-cluster: no HOST:PORT address")
+		}
+		client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true})
+		reg, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: cfg.Channel})
+		if err != nil {
+			client.Close()
+			return nil, err
+		}
+		presence, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: PresenceChannel(cfg.Channel)})
+		if err != nil {
+			client.Close()
+			return nil, err
+		}
+		return &Backplane{
+			Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys, Routed: cfg.Routed}),
+			Registry: reg, Presence: presence, Name: "redis-cluster", close: func() { client.Close() },
 		}, nil
 	case cfg.Postgres != "":
 		pool, err := pgxpool.New(ctx, cfg.Postgres)
@@ -190,17 +218,17 @@ func natsChannel(channel string) string {
 }
 
 // ErrTwoBackplanes is returned for a Config that chooses more than one.
-var ErrTwoBackplanes = errors.New("choose one backplane: -redis, -postgres, -nats or -cluster")
+var ErrTwoBackplanes = errors.New("choose one backplane: -redis, -redis-cluster, -postgres, -nats or -cluster")
 
 // ErrRoutedBackplane is returned for a routed Config on a backplane that
 // does not route.
-var ErrRoutedBackplane = errors.New("-routed needs -redis, -postgres or -nats")
+var ErrRoutedBackplane = errors.New("-routed needs -redis, -redis-cluster, -postgres or -nats")
 
 // Check returns ErrTwoBackplanes when cfg chooses more than one backplane,
 // and ErrRoutedBackplane when it routes on one that does not route.
 func (cfg Config) Check() error {
 	n := 0
-	for _, v := range []string{cfg.Redis, cfg.Postgres, cfg.NATS, cfg.Cluster} {
+	for _, v := range []string{cfg.Redis, cfg.RedisCluster, cfg.Postgres, cfg.NATS, cfg.Cluster} {
 		if v != "" {
 			n++
 		}
@@ -208,7 +236,7 @@ func (cfg Config) Check() error {
 	if n > 1 {
 		return ErrTwoBackplanes
 	}
-	if cfg.Routed && cfg.Redis == "" && cfg.Postgres == "" && cfg.NATS == "" {
+	if cfg.Routed && cfg.Redis == "" && cfg.RedisCluster == "" && cfg.Postgres == "" && cfg.NATS == "" {
 		return ErrRoutedBackplane
 	}
 	return nil

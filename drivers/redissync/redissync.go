@@ -96,12 +96,8 @@
 //
 //   - *redis.Client (redis.NewClient): one server. The subscription takes one
 //     connection outside the client's pool, so PoolSize needs no room for it.
-//   - *redis.ClusterClient (redis.NewClusterClient): PUBLISH in a Redis
-//     Cluster reaches the subscribers of every node, so the driver uses plain
-//     PUBLISH and SUBSCRIBE (not the sharded SPUBLISH), and its subscription
-//     may sit on any node; go-redis picks the master of the channel's slot.
-//     Every node then carries every message: fine for a backplane, but mind
-//     the cluster bus traffic on a large cluster.
+//   - *redis.ClusterClient (redis.NewClusterClient): the driver relays with
+//     sharded pub/sub (Redis 7), always; see "Redis Cluster" below.
 //   - a failover client (redis.NewFailoverClient, Redis Sentinel): the
 //     client publishes to the current master; when the subscription
 //     connection drops, it reconnects to the master that Sentinel names.
@@ -112,7 +108,53 @@
 //     Registry writes.
 //
 // With NewRegistry the same three kinds of client serve a Registry: its keys
-// carry a hash tag so that every key of one channel lives in one cluster slot.
+// carry a hash tag so that every key of one channel lives in one cluster
+// slot, and every script and transaction it runs stays in that slot.
+//
+// # Redis Cluster
+//
+// A plain PUBLISH in a Redis Cluster is copied to every node over the
+// cluster bus, so every node carries every message. With a
+// *redis.ClusterClient, the driver therefore uses sharded pub/sub: it
+// publishes with SPUBLISH and subscribes with SSUBSCRIBE, and a message
+// travels to the master that owns its channel's slot (and that master's
+// replicas) only. This is automatic, as a user of a cluster client expects:
+// the sharded channels hold the same envelopes, under the same names.
+//
+// In broadcast, the channel is one sharded channel: the whole cluster of
+// instances lives on the shard of its slot. In a routed cluster, the bucket
+// channels hash to slots all over the cluster, and so spread over the
+// shards; an instance holds one subscription connection per master that
+// owns buckets it wants, with each bucket SSUBSCRIBEd on the master of its
+// slot (Redis takes the channels of one slot only per SSUBSCRIBE). A
+// channel name with a hash tag ("{…}") puts every bucket in one slot, on
+// one shard: leave braces out of a routed cluster's channel.
+//
+// Each shard subscription is checked as the single server's is (see
+// Liveness): a PING on it, and a probe published through the cluster client
+// to a channel of the instance's own whose hash tag puts it in a slot of
+// that master, every second. When a shard subscription fails (its
+// connection drops because its master died, its PING or its probe does not
+// come back, the server refuses a command with MOVED), the driver drops it,
+// has the client reload the cluster's slot map, and, with the backoff
+// above, subscribes its channels again on the masters that own their slots
+// now: after a failover, on the promoted replica. When the server itself
+// unsubscribes a channel (it sends SUNSUBSCRIBE when the channel's slot
+// moves to another master), that channel alone is subscribed again on its
+// new master. The subscriptions of the other shards are left as they are,
+// and lose nothing meanwhile. The outage is reported once, at
+// edge.StageSubscribe, however many shards it takes; it ends once every
+// shard subscription is back and its probe has come back. After a failed
+// publish, too, the driver has the client reload the slot map, which
+// go-redis does not do after every failure (a dead master that refuses
+// connections), so that publishes find the promoted master.
+//
+// A crossws instance publishes and subscribes with plain PUBLISH and
+// SUBSCRIBE, so on a cluster it neither hears a sharded instance nor is
+// heard by one. To join crossws instances on a cluster, give the driver a
+// *redis.Client of one of its nodes instead: plain pub/sub then reaches
+// every node, as crossws expects, at the cost of the bus traffic above and
+// without failover.
 package redissync
 
 import (

@@ -67,11 +67,11 @@ type Config struct {
 	// RedisCluster is the comma-separated HOST:PORT addresses of nodes of
 	// a Redis Cluster, which relays with sharded pub/sub.
 	RedisCluster string
-	Postgres string // Postgres connection string
-	NATS     string // NATS URL
-	Cluster  string // Unix socket path
-	Channel  string
-	Secret   string // comma-separated signing keys, the first signs
+	Postgres     string // Postgres connection string
+	NATS         string // NATS URL
+	Cluster      string // Unix socket path
+	Channel      string
+	Secret       string // comma-separated signing keys, the first signs
 	// Routed relays by topic (Redis, a Redis Cluster, Postgres, NATS): an instance receives
 	// only the rooms' topics its clients subscribe to. Every instance of
 	// the chat sets it, or none does.

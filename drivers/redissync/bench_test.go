@@ -6,6 +6,7 @@ import (
 	"github.com/edgesync/edgesync/drivers/drivertest"
 	"github.com/edgesync/edgesync/drivers/redissync"
 	"github.com/edgesync/edgesync/edge"
+	"github.com/edgesync/edgesync/internal/testenv"
 )
 
 // BenchmarkRelay measures how many 100-byte messages per second one hub
@@ -41,5 +42,40 @@ func routedBenchSync(tb testing.TB, channel string) edge.Sync {
 			d.(edge.RoutedDriver).Route("bench", true) // drivertest's topic
 		}
 		return d, err
+	}
+}
+
+// BenchmarkClusterRelay is BenchmarkRelay on a Redis Cluster of three
+// masters with a replica each: sharded pub/sub, the channel on one shard.
+func BenchmarkClusterRelay(b *testing.B) { drivertest.BenchmarkRelay(b, clusterBenchSync(false)) }
+
+// BenchmarkClusterLatency is BenchmarkLatency on a Redis Cluster.
+func BenchmarkClusterLatency(b *testing.B) {
+	drivertest.BenchmarkLatency(b, clusterBenchSync(false), 5000)
+}
+
+// BenchmarkClusterRoutedRelay is BenchmarkRoutedRelay on a Redis Cluster.
+func BenchmarkClusterRoutedRelay(b *testing.B) { drivertest.BenchmarkRelay(b, clusterBenchSync(true)) }
+
+// BenchmarkClusterRoutedLatency is BenchmarkRoutedLatency on a Redis Cluster.
+func BenchmarkClusterRoutedLatency(b *testing.B) {
+	drivertest.BenchmarkLatency(b, clusterBenchSync(true), 5000)
+}
+
+// clusterBenchSync is benchSync, or routedBenchSync, on a Redis Cluster:
+// each instance has a cluster client of its own.
+func clusterBenchSync(routed bool) func(tb testing.TB, channel string) edge.Sync {
+	return func(tb testing.TB, channel string) edge.Sync {
+		sync := redissync.New(redissync.Options{Client: newClusterClient(tb, testenv.RedisCluster(tb), ""), Channel: channel, Routed: routed})
+		if !routed {
+			return sync
+		}
+		return func(inst edge.Instance) (edge.Driver, error) {
+			d, err := sync(inst)
+			if err == nil {
+				d.(edge.RoutedDriver).Route("bench", true) // drivertest's topic
+			}
+			return d, err
+		}
 	}
 }

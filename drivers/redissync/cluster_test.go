@@ -158,22 +158,27 @@ func shardChannels(t testing.TB, addr, pattern string) []string {
 	return got
 }
 
-// shardConns returns how many connections named name hold sharded
-// subscriptions on the node at addr.
-func shardConns(t testing.TB, addr, name string) int {
+// shardConns returns the ids of the connections named name that hold
+// sharded subscriptions on the node at addr.
+func shardConns(t testing.TB, addr, name string) []string {
 	t.Helper()
 	list, err := nodeClient(t, addr).ClientList(ctxFor(t)).Result()
 	if err != nil {
 		t.Fatalf("CLIENT LIST on %s: %v", addr, err)
 	}
-	n := 0
+	var ids []string
 	for line := range strings.Lines(list) {
 		fields := strings.Fields(line)
-		if slices.Contains(fields, "name="+name) && !slices.Contains(fields, "ssub=0") && slices.ContainsFunc(fields, func(f string) bool { return strings.HasPrefix(f, "ssub=") }) {
-			n++
+		if !slices.Contains(fields, "name="+name) || slices.Contains(fields, "ssub=0") {
+			continue
+		}
+		for _, f := range fields {
+			if id, ok := strings.CutPrefix(f, "id="); ok {
+				ids = append(ids, id)
+			}
 		}
 	}
-	return n
+	return ids
 }
 
 // In a routed cluster, the bucket channels spread over the masters: each
@@ -222,8 +227,8 @@ func TestClusterRoutedBucketsSpreadOverShards(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond) // polling PUBSUB SHARDCHANNELS
 		}
-		if n := shardConns(t, addr, channel+"-b"); n != 1 {
-			t.Errorf("B holds %d subscription connections on %s, want 1", n, addr)
+		if ids := shardConns(t, addr, channel+"-b"); len(ids) != 1 {
+			t.Errorf("B holds %d subscription connections on %s, want 1", len(ids), addr)
 		}
 	}
 	if errs := bLog.Errors(edge.StageSubscribe); len(errs) > 0 {
@@ -345,5 +350,103 @@ func TestClusterRegistryKeysShareASlot(t *testing.T) {
 	}
 	if n != 5 {
 		t.Errorf("%d subscribers of t-0, want 5", n)
+	}
+}
+
+// When the slot of a bucket moves to another master, the server unsubscribes
+// the bucket (SUNSUBSCRIBE), and the instance subscribes it again on the new
+// master: delivery resumes on it, and goes on for a topic of the old master
+// that stayed, on the same connection, with the outage reported once.
+func TestClusterSlotMove(t *testing.T) {
+	t.Parallel()
+	cluster := testenv.StartRedisCluster(t)
+	addrs := cluster.Addrs()
+	cc := newClusterClient(t, addrs, "")
+	channel := testenv.Channel(t)
+	opts := redissync.Options{Channel: channel, Routed: true, RouteBuckets: 64}
+	aOpts, bOpts := opts, opts
+	aOpts.Client = newClusterClient(t, addrs, "")
+	bOpts.Client = newClusterClient(t, addrs, channel+"-b")
+	a, _ := newHub(t, aOpts)
+	b, bLog := newHub(t, bOpts)
+
+	// Two topics whose buckets lie on one master, in different slots.
+	moving := "m-0"
+	movingCh := redissync.BucketChannel(opts, moving)
+	source := owner(t, cc, movingCh)
+	staying := ""
+	for i := 1; staying == ""; i++ {
+		if i > 1000 {
+			t.Fatal("no second topic on the master")
+		}
+		topic := fmt.Sprint("m-", i)
+		ch := redissync.BucketChannel(opts, topic)
+		if ch != movingCh && owner(t, cc, ch) == source {
+			staying = topic
+		}
+	}
+	for _, topic := range []string{moving, staying} {
+		testenv.RelayUntilDelivered(t, a, testenv.Join(t, b, "/ns", topic), "/ns", topic)
+	}
+
+	conns := shardConns(t, source, channel+"-b")
+	if len(conns) != 1 {
+		t.Fatalf("B holds %d subscription connections on %s, want 1", len(conns), source)
+	}
+	ctx := ctxFor(t)
+	slot, err := cc.ClusterKeySlot(ctx, movingCh).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var target string
+	for _, m := range masters(t, cc) {
+		if m != source {
+			target = m
+			break
+		}
+	}
+	src, dst := nodeClient(t, source), nodeClient(t, target)
+	srcID, err := src.ClusterMyID(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dstID, err := dst.ClusterMyID(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The steps of redis-cli --cluster reshard, for a slot without keys.
+	for _, step := range []struct {
+		node *redis.Client
+		args []any
+	}{
+		{dst, []any{"cluster", "setslot", slot, "importing", srcID}},
+		{src, []any{"cluster", "setslot", slot, "migrating", dstID}},
+		{dst, []any{"cluster", "setslot", slot, "node", dstID}},
+		{src, []any{"cluster", "setslot", slot, "node", dstID}},
+	} {
+		if err := step.node.Do(ctx, step.args...).Err(); err != nil {
+			t.Fatalf("%v: %v", step.args, err)
+		}
+	}
+	t.Logf("moved slot %d of %s from %s to %s; reported: %v", slot, movingCh, source, target,
+		bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
+	for _, topic := range []string{moving, staying} {
+		testenv.RelayUntilDelivered(t, a, testenv.Join(t, b, "/ns", topic), "/ns", topic)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		if n := shardSubscribers(t, cc, movingCh)[target]; n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is not subscribed on its new master %s: %v", movingCh, target, shardSubscribers(t, cc, movingCh))
+		}
+		time.Sleep(10 * time.Millisecond) // polling PUBSUB SHARDNUMSUB
+	}
+	if errs := bLog.Errors(edge.StageSubscribe); len(errs) != 1 {
+		t.Errorf("reported at StageSubscribe %d times, want once for the outage: %v", len(errs), errs)
+	}
+	if got := shardConns(t, source, channel+"-b"); !slices.Equal(got, conns) {
+		t.Errorf("B's subscription connections on %s were %v, are %v: the staying bucket's was replaced", source, conns, got)
 	}
 }

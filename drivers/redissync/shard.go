@@ -52,12 +52,20 @@ type shardSet struct {
 	stopped bool
 	shards  map[string]*shard // by the address of their master
 	owner   map[string]*shard // by wanted channel; nil while it waits to be placed
+	movedAt map[string]moved  // channels the server unsubscribed, until placed elsewhere
 	seq     int               // numbers the shards, for their probe ids
 	first   chan<- error      // Subscribe's answer; nil once given
 	quiet   bool              // Subscribe returned the outage's error: no report until it ends
 
 	pmu    sync.Mutex
 	probed map[string]*shard // by probe id suffix (the shard's number)
+}
+
+// moved is where and when the server unsubscribed a channel because its
+// slot moved.
+type moved struct {
+	addr string
+	at   time.Time
 }
 
 // shard is the subscription on one master.
@@ -91,6 +99,7 @@ func (d *driver) subscribeSharded(ctx, loopCtx context.Context, deliver func(edg
 		wake:    make(chan struct{}, 1),
 		shards:  make(map[string]*shard),
 		owner:   make(map[string]*shard),
+		movedAt: make(map[string]moved),
 		first:   first,
 		probed:  make(map[string]*shard),
 	}
@@ -209,6 +218,13 @@ func (s *shardSet) place(ctx context.Context) error {
 			continue
 		}
 		addr := node.Options().Addr
+		if m, ok := s.movedAt[ch]; ok && m.addr == addr && time.Since(m.at) < 2*s.d.timeout {
+			// The client's slot map is older than the move: an
+			// SSUBSCRIBE there would be refused with MOVED, and fail
+			// the whole shard.
+			firstErr = cmpErr(firstErr, fmt.Errorf("the slot map still gives %q to %s, which unsubscribed it", ch, addr))
+			continue
+		}
 		groups[addr] = append(groups[addr], ch)
 		nodes[addr] = node
 	}
@@ -234,6 +250,7 @@ func (s *shardSet) place(ctx context.Context) error {
 			}
 			sh.channels[ch] = struct{}{}
 			s.owner[ch] = sh
+			delete(s.movedAt, ch)
 		}
 		if err == nil && fresh {
 			err = sh.ps.SSubscribe(ctx, sh.probeCh)
@@ -350,6 +367,7 @@ func (s *shardSet) update(ctx context.Context, sub, unsub []string) {
 			continue
 		}
 		delete(s.owner, ch)
+		delete(s.movedAt, ch)
 		if sh == nil {
 			continue
 		}
@@ -420,6 +438,7 @@ func (s *shardSet) moved(sh *shard, ch string) {
 	}
 	delete(sh.channels, ch)
 	s.owner[ch] = nil
+	s.movedAt[ch] = moved{addr: sh.addr, at: time.Now()}
 	s.failed.Store(true)
 	s.mu.Unlock()
 	s.lost(fmt.Errorf("on %s: the server unsubscribed %q (its slot moved)", sh.addr, ch))

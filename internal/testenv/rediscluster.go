@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -151,9 +152,22 @@ func StartRedisCluster(t testing.TB) *PrivateRedisCluster {
 }
 
 // startRedisCluster starts six nodes in dir and joins them into a cluster.
-// When selfClean, each node removes its directory when it ends. On error,
-// the returned cluster, when not nil, holds the nodes to stop.
+// When selfClean, each node removes its directory when it ends. A start
+// that fails (a port taken between its choice and the server's bind) is
+// tried again, twice, on other ports. On error, nothing is left running.
 func startRedisCluster(server, cli, dir string, selfClean bool) (*PrivateRedisCluster, error) {
+	var err error
+	for range 3 {
+		var c *PrivateRedisCluster
+		if c, err = startRedisClusterOnce(server, cli, dir, selfClean); err == nil {
+			return c, nil
+		}
+	}
+	return nil, err
+}
+
+// startRedisClusterOnce is one attempt of startRedisCluster.
+func startRedisClusterOnce(server, cli, dir string, selfClean bool) (*PrivateRedisCluster, error) {
 	c := &PrivateRedisCluster{}
 	ports, err := freeLoopbackPorts(12)
 	if err != nil {
@@ -170,7 +184,11 @@ func startRedisCluster(server, cli, dir string, selfClean bool) (*PrivateRedisCl
 	ctx, cancel := context.WithTimeout(context.Background(), RedisClusterTimeout)
 	defer cancel()
 	for _, n := range c.nodes {
-		if err := awaitNode(ctx, n.addr, func(cl *redis.Client) error { return cl.Ping(ctx).Err() }); err != nil {
+		// A server that answers at all does so at once.
+		pctx, pcancel := context.WithTimeout(ctx, RedisClusterTimeout/3)
+		err := awaitNode(pctx, n.addr, func(cl *redis.Client) error { return cl.Ping(pctx).Err() })
+		pcancel()
+		if err != nil {
 			log, _ := os.ReadFile(n.log)
 			c.stop()
 			return nil, fmt.Errorf("%w; its log: %s", err, log)
@@ -190,17 +208,31 @@ func startRedisCluster(server, cli, dir string, selfClean bool) (*PrivateRedisCl
 }
 
 // freeLoopbackPorts returns n different TCP ports of 127.0.0.1 that nothing
-// listens on: all are held at once while they are chosen, so that none is
-// handed out twice.
+// listens on, drawn at random below the kernel's ephemeral range (which the
+// outgoing connections of the tests take ports from, and the ports of
+// ":0" listeners): all are held at once while they are chosen, so that none
+// is handed out twice.
 func freeLoopbackPorts(n int) ([]int, error) {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 12000 {
+				low = v
+			}
+		}
+	}
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, errors.New("no free loopback ports below the ephemeral range")
+		}
+		port := 10000 + rand.IntN(low-10000)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
-			return nil, err
+			continue
 		}
 		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, port)
 	}
 	return ports, nil
 }

@@ -450,3 +450,29 @@ func TestClusterSlotMove(t *testing.T) {
 		t.Errorf("B's subscription connections on %s were %v, are %v: the staying bucket's was replaced", source, conns, got)
 	}
 }
+
+// A Hub on a Redis Cluster that does not answer reports the failed
+// subscription once, keeps trying without another report, and closes at
+// once.
+func TestClusterUnreachable(t *testing.T) {
+	t.Parallel()
+	for _, routed := range []bool{false, true} {
+		client := newClusterClient(t, []string{"127.0.0.1:1"}, "")
+		hub, log := newHub(t, redissync.Options{Client: client, Channel: testenv.Channel(t), Routed: routed})
+		_ = testenv.Join(t, hub, "/ns", "t")
+		err := log.Await(t, edge.StageSubscribe, 0, waitTimeout)
+		if !strings.Contains(err.Error(), "redissync") {
+			t.Errorf("routed %v: reported %v, want the driver's error", routed, err)
+		}
+		done := make(chan struct{})
+		go func() { hub.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(waitTimeout):
+			t.Fatalf("routed %v: closing the hub hangs", routed)
+		}
+		if n := log.Count(edge.StageSubscribe); n != 1 {
+			t.Errorf("routed %v: reported at StageSubscribe %d times, want once: %v", routed, n, log)
+		}
+	}
+}

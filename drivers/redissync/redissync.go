@@ -202,10 +202,12 @@ const (
 type Options struct {
 	// Client is the user's Redis client: a *redis.Client, a
 	// *redis.ClusterClient or a failover client. It is never closed by
-	// the driver. Required.
+	// the driver. With a *redis.ClusterClient the driver relays with
+	// sharded pub/sub (see "Redis Cluster" in the package documentation).
+	// Required.
 	Client redis.UniversalClient
 	// Channel is the Redis channel the instances of one cluster share,
-	// used as it is. Required.
+	// used as it is (on a Redis Cluster, as a sharded channel). Required.
 	Channel string
 	// MaxMessageBytes bounds an inbound payload: a larger one is dropped
 	// and reported at edge.StageDelivery, undecoded. (go-redis has received it

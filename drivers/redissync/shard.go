@@ -140,10 +140,15 @@ func (d *driver) subscribeSharded(ctx, loopCtx context.Context, deliver func(edg
 	}
 	if len(initial) == 0 {
 		// Nothing to subscribe yet: check that the cluster answers.
+		err := d.cluster.Ping(ctx).Err()
 		s.mu.Lock()
-		s.first = nil
+		if s.first != nil {
+			s.first = nil
+			// A failure returned here is the outage's report.
+			s.quiet = err != nil
+		}
 		s.mu.Unlock()
-		if err := d.cluster.Ping(ctx).Err(); err != nil {
+		if err != nil {
 			return fmt.Errorf("redissync: subscribe to %q: %w", d.channel, err)
 		}
 		return nil

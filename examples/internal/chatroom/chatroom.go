@@ -31,8 +31,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Topic is the topic of the chat room's messages, to which every peer is
-// subscribed.
+// Topic is the topic of the main room's messages, to which every peer of
+// the main room is subscribed; another room's is Topic + "/" + its name
+// (Topics).
 const Topic = "chat"
 
 // Namespace is the namespace of the main room, whichever front end holds

@@ -19,9 +19,19 @@ import (
 	"github.com/edgesync/edgesync/edge"
 )
 
-// EventsTopic is the topic of the room events, join and leave notices, to
-// which the clients that ask for them (events=1) are subscribed.
+// EventsTopic is the topic of the main room's events, join and leave
+// notices, to which the clients that ask for them (events=1) are subscribed.
 const EventsTopic = "chat-events"
+
+// Topics returns the topics of the room whose namespace is ns: Topic and
+// EventsTopic for the main room, and for the room NAME the same followed by
+// "/NAME". Each room has topics of its own, beside its namespace, so that a
+// routed cluster (which routes by topic) relays a room only to the
+// instances that hold its clients.
+func Topics(ns string) (chat, events string) {
+	suffix := strings.TrimPrefix(ns, Namespace)
+	return Topic + suffix, EventsTopic + suffix
+}
 
 // The limits of the query string.
 const (
@@ -118,18 +128,19 @@ func CleanUser(s string) string {
 //
 //   - Upgrade reads the query string (ParseQuery): the peer's namespace is
 //     its room's, its attributes its user name and instance.
-//   - Open subscribes the peer to Topic, and with events=1 to EventsTopic,
-//     and publishes a join notice on EventsTopic; Close publishes a leave
-//     notice.
+//   - Open subscribes the peer to its room's chat topic, and with events=1
+//     to its events topic (Topics), and publishes a join notice on the
+//     events topic; Close publishes a leave notice.
 //   - Message answers the commands {"type":"who"} (every peer of the room,
 //     cluster-wide, from Hub.Presence), {"type":"hello"} (the peer's own id,
 //     user and instance) and {"type":"dm","to":ID,"text":…} (Hub.SendTo the
 //     peer with that id, wherever it is, and dm-sent to the sender), each
 //     answered to the sender only.
-//   - Every other message is published on Topic unchanged, text or binary:
-//     every other peer of the room receives exactly its bytes. Only a text
-//     message whose "type" is one the server sends (presence, welcome, dm,
-//     dm-sent, join, leave) is dropped, so that no client can forge one.
+//   - Every other message is published on the room's chat topic unchanged,
+//     text or binary: every other peer of the room receives exactly its
+//     bytes. Only a text message whose "type" is one the server sends
+//     (presence, welcome, dm, dm-sent, join, leave) is dropped, so that no
+//     client can forge one.
 //
 // A nil hub serves a room without cluster-wide commands: who lists the
 // sender alone and a dm reaches nobody.
@@ -166,9 +177,10 @@ func (r *room) upgrade(req *http.Request) (edge.Accept, error) {
 func (r *room) open(p edge.Peer) {
 	ctx, cancel := context.WithTimeout(context.Background(), sendTimeout)
 	defer cancel()
-	topics := []string{Topic}
+	chat, events := Topics(p.Namespace())
+	topics := []string{chat}
 	if p.Attr(AttrEvents) == "1" {
-		topics = append(topics, EventsTopic)
+		topics = append(topics, events)
 	}
 	for _, t := range topics {
 		if err := p.Subscribe(ctx, t); err != nil {
@@ -203,11 +215,12 @@ func (r *room) notice(ctx context.Context, p edge.Peer, kind string) {
 		return // a struct of strings always marshals
 	}
 	d := edge.Text(string(b))
+	_, events := Topics(p.Namespace())
 	if kind == "join" {
-		err = p.Publish(ctx, EventsTopic, d)
+		err = p.Publish(ctx, events, d)
 	} else if r.hub != nil {
 		// The peer may have left the hub already: publish on its behalf.
-		err = r.hub.PublishFrom(ctx, edge.Message{Namespace: p.Namespace(), Topic: EventsTopic, Data: d}, p.ID())
+		err = r.hub.PublishFrom(ctx, edge.Message{Namespace: p.Namespace(), Topic: events, Data: d}, p.ID())
 	}
 	if err != nil {
 		slog.Warn("chat: "+kind+" notice", "peer", p.ID(), "err", err)
@@ -239,7 +252,8 @@ func (r *room) message(p edge.Peer, d edge.Data) {
 		}
 		return // or a forged server message, dropped
 	}
-	if err := p.Publish(ctx, Topic, d); err != nil {
+	chat, _ := Topics(p.Namespace())
+	if err := p.Publish(ctx, chat, d); err != nil {
 		slog.Error("chat: publish", "peer", p.ID(), "err", err)
 	}
 }
@@ -280,7 +294,8 @@ func (r *room) who(ctx context.Context, p edge.Peer) {
 	if r.hub != nil {
 		pctx, cancel := context.WithTimeout(ctx, PresenceTimeout)
 		var err error
-		list, err = r.hub.Presence(pctx, p.Namespace(), Topic)
+		chat, _ := Topics(p.Namespace())
+		list, err = r.hub.Presence(pctx, p.Namespace(), chat)
 		cancel()
 		if err != nil {
 			// What the Registries listed before the error is answered.

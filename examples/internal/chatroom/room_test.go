@@ -3,6 +3,7 @@ package chatroom_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/edgesync/edgesync/drivers/memsync"
 	"github.com/edgesync/edgesync/edge"
 	"github.com/edgesync/edgesync/examples/internal/chatroom"
 	"github.com/edgesync/edgesync/examples/internal/chattest"
@@ -78,6 +80,59 @@ func startRoom(t *testing.T) string {
 		hub.Close()
 	})
 	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/"
+}
+
+// startRoutedRooms serves the room on two hubs of a routed in-memory
+// cluster, each on a long-lived server, and returns the hubs and their
+// WebSocket URLs.
+func startRoutedRooms(t *testing.T) (hubs [2]*edge.Hub, urls [2]string) {
+	t.Helper()
+	bus := new(memsync.Bus)
+	for i := range hubs {
+		hub, err := edge.New(edge.Options{Sync: memsync.New(memsync.Options{Bus: bus, Channel: t.Name(), Routed: true})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws := longlived.New(hub, chatroom.Hooks(hub, fmt.Sprintf("vm %d", i)))
+		srv := httptest.NewServer(ws)
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			if err := ws.Close(ctx); err != nil {
+				t.Errorf("close: %v", err)
+			}
+			srv.Close()
+			hub.Close()
+		})
+		hubs[i], urls[i] = hub, "ws"+strings.TrimPrefix(srv.URL, "http")+"/"
+	}
+	return hubs, urls
+}
+
+func TestTopics(t *testing.T) {
+	for ns, want := range map[string][2]string{
+		"/chat":     {"chat", "chat-events"},
+		"/chat/one": {"chat/one", "chat-events/one"},
+	} {
+		if chat, events := chatroom.Topics(ns); chat != want[0] || events != want[1] {
+			t.Errorf("Topics(%q) = %q, %q, want %q", ns, chat, events, want)
+		}
+	}
+}
+
+// TestRoomsRouteApart: in a routed cluster, an instance receives the
+// messages of the rooms its clients are in, and no other room's.
+func TestRoomsRouteApart(t *testing.T) {
+	hubs, urls := startRoutedRooms(t)
+	one, _ := chattest.Join(t, urls[0], "user=one&room=one")
+	two, _ := chattest.Join(t, urls[0], "user=two&room=two")
+	away, _ := chattest.Join(t, urls[1], "user=away&room=two")
+	one.Send(t, "in one")
+	two.Send(t, "in two")
+	away.Expect(t, "in two") // relayed after "in one", in order
+	if got := hubs[1].Stats().Received; got != 1 {
+		t.Fatalf("the instance without room one received %d messages from the backplane, want 1", got)
+	}
 }
 
 // TestHelloAndWho: a client learns its id with hello, and who lists every

@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
@@ -17,6 +18,9 @@ import (
 // BenchmarkFanOutToWebSocketPeers measures Hub.Publish to n real WebSocket
 // peers, from the publish to the last client's read: the hub, each peer's
 // write queue and writer, the socket, and the clients (in this process).
+// Besides the time per delivery it reports deliveries/s and the server's
+// write calls to its connections per delivery (writes/delivery), counted
+// by a wrapper around each accepted connection: one per system call.
 func BenchmarkFanOutToWebSocketPeers(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
@@ -26,7 +30,10 @@ func BenchmarkFanOutToWebSocketPeers(b *testing.B) {
 			}
 			defer hub.Close()
 			ws := longlived.New(hub, edge.Hooks{Open: func(p edge.Peer) { p.Subscribe(context.Background(), "t") }})
-			srv := httptest.NewServer(ws)
+			srv := httptest.NewUnstartedServer(ws)
+			writes := &countingListener{Listener: srv.Listener}
+			srv.Listener = writes
+			srv.Start()
 			defer srv.Close()
 			defer ws.Close(context.Background())
 
@@ -56,6 +63,7 @@ func BenchmarkFanOutToWebSocketPeers(b *testing.B) {
 			const window = 256 // messages in flight, well within each peer's write queue
 			b.ReportAllocs()
 			b.ResetTimer()
+			before := writes.writes.Load()
 			for i := range b.N {
 				if err := hub.Publish(context.Background(), msg); err != nil {
 					b.Fatal(err)
@@ -65,9 +73,39 @@ func BenchmarkFanOutToWebSocketPeers(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/delivery")
+			deliveries := float64(b.N) * float64(n)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/deliveries, "ns/delivery")
+			b.ReportMetric(deliveries/b.Elapsed().Seconds(), "deliveries/s")
+			b.ReportMetric(float64(writes.writes.Load()-before)/deliveries, "writes/delivery")
 		})
 	}
+}
+
+// countingListener counts the Write calls on the connections it accepts.
+type countingListener struct {
+	net.Listener
+	writes atomic.Int64
+}
+
+// Accept implements net.Listener.
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, writes: &l.writes}, nil
+}
+
+// countingConn counts its Write calls.
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+// Write implements net.Conn.
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
 }
 
 // awaitCount waits until c reaches want, yielding the processor meanwhile.

@@ -141,6 +141,7 @@ type Handler struct {
 
 	hooksOnce sync.Once
 	hooks     *edge.HookRunner
+	batches   sync.Pool // of *[]byte: the buffers of the peers' batches of writes
 
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
@@ -276,7 +277,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	rec := &hijackRecorder{ResponseWriter: w, maxFrames: h.maxMessageFrames(), framesPerSecond: h.framesPerSecond()}
+	rec := &hijackRecorder{ResponseWriter: w, maxFrames: h.maxMessageFrames(), framesPerSecond: h.framesPerSecond(), pool: &h.batches}
 	conn, err := websocket.Accept(rec, r, &websocket.AcceptOptions{
 		Subprotocols:   subprotocols,
 		OriginPatterns: h.OriginPatterns,
@@ -286,7 +287,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(h.readLimit())
 
-	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn, start: time.Now()}
+	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn, out: rec.batch, start: time.Now()}
 	p.frames, p.in = rec.conn, newInbound(h)
 	if len(accept.Attrs) > 0 {
 		p.attrs = maps.Clone(accept.Attrs)
@@ -429,7 +430,9 @@ func (h *Handler) Close(ctx context.Context) error {
 type hijackRecorder struct {
 	http.ResponseWriter
 	maxFrames, framesPerSecond int
+	pool                       *sync.Pool // the Handler's batch buffers
 	conn                       *frameConn
+	batch                      *batchWriter
 }
 
 // Hijack implements http.Hijacker.
@@ -445,7 +448,15 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := brw.Reader.Peek(n)
 		fc.pending = bytes.Clone(b)
 	}
+	if brw.Writer.Buffered() > 0 { // net/http flushes the response first
+		if err := brw.Writer.Flush(); err != nil {
+			_ = conn.Close()
+			return nil, nil, err
+		}
+	}
+	w.batch = &batchWriter{conn: conn, pool: w.pool}
 	brw.Reader.Reset(fc)
+	brw.Writer.Reset(w.batch)
 	w.conn = fc
 	return fc, brw, nil
 }

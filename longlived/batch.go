@@ -1,0 +1,102 @@
+package longlived
+
+import (
+	"fmt"
+	"net"
+	"sync"
+)
+
+// batchBytes bounds the bytes one batch of writes holds before it goes out:
+// the frames of the messages the writer takes from the queue at once, and
+// the buffer that gathers them. A message larger than that goes out in a
+// batch of its own, written through.
+const batchBytes = 32 << 10
+
+// batchWriter is the writer underneath coder/websocket's bufio.Writer on a
+// peer's connection. While it is corked, what the library flushes (whole
+// frames: it flushes at the end of each) is appended to a buffer, which
+// uncork writes to the connection in one system call. So the writer, having
+// corked, writes every message it took from the queue with Conn.Write and
+// sends them all at once: the frames on the wire are those the library
+// makes, only the system calls change.
+//
+// The library also writes from other goroutines: pongs from the read loop,
+// pings, close frames. Such a write while the writer is corked joins the
+// batch, in the order the library wrote it, and goes out when the writer
+// uncorks, which it does as soon as it has written the batch, without
+// waiting for anything else. Writes to the connection are serialized by mu,
+// so frames go out in the order they were written, and one that arrives
+// while a batch goes out waits for that write, bounded by the connection's
+// write deadline, as it would wait for the connection anyway.
+type batchWriter struct {
+	conn net.Conn   // the hijacked connection, without the frame tracker
+	pool *sync.Pool // of *[]byte, shared by the Handler's peers
+
+	mu     sync.Mutex
+	corked bool
+	buf    *[]byte // the batch, from pool while corked; nil otherwise
+}
+
+// Write implements io.Writer.
+func (w *batchWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.corked {
+		if w.buf == nil {
+			w.buf = w.get()
+		}
+		if len(*w.buf)+len(p) <= batchBytes {
+			*w.buf = append(*w.buf, p...)
+			return len(p), nil
+		}
+	}
+	if w.buf == nil || len(*w.buf) == 0 {
+		return w.conn.Write(p)
+	}
+	// What the batch holds goes first, in the same system call.
+	held := len(*w.buf)
+	bufs := net.Buffers{*w.buf, p}
+	n, err := bufs.WriteTo(w.conn)
+	*w.buf = (*w.buf)[:0]
+	if written := int(n) - held; written < len(p) {
+		if err == nil {
+			err = fmt.Errorf("short write of %d of %d bytes", written, len(p))
+		}
+		return max(written, 0), err
+	}
+	return len(p), err
+}
+
+// cork has what is written from now on gathered, until uncork.
+func (w *batchWriter) cork() {
+	w.mu.Lock()
+	w.corked = true
+	w.mu.Unlock()
+}
+
+// uncork writes what was gathered since cork in one write and has later
+// writes go straight to the connection. The buffer goes back to the pool.
+func (w *batchWriter) uncork() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.corked = false
+	if w.buf == nil {
+		return nil
+	}
+	var err error
+	if len(*w.buf) > 0 {
+		_, err = w.conn.Write(*w.buf)
+	}
+	*w.buf = (*w.buf)[:0]
+	w.pool.Put(w.buf)
+	w.buf = nil
+	return err
+}
+
+func (w *batchWriter) get() *[]byte {
+	if b, ok := w.pool.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, batchBytes)
+	return &b
+}

@@ -12,6 +12,20 @@ import (
 // batch of its own, written through.
 const batchBytes = 32 << 10
 
+// writeBufferSize is the size of coder/websocket's bufio.Writer on a peer's
+// connection. The library flushes it at the end of every frame; frames of
+// the peer's messages go through a batchWriter, which gathers them, so the
+// buffer only needs to hold a whole control frame (2 bytes of header and at
+// most 125 of payload), so that a pong or a ping written by another goroutine
+// still goes out in one write.
+const writeBufferSize = 256
+
+// readBufferSize is the size of coder/websocket's bufio.Reader on a peer's
+// connection, which net/http makes 4 KiB. A frame header and a small message
+// are read through it; a payload at least as long is read into the message
+// at once, without it.
+const readBufferSize = 1 << 10
+
 // batchWriter is the writer underneath coder/websocket's bufio.Writer on a
 // peer's connection. While it is corked, what the library flushes (whole
 // frames: it flushes at the end of each) is appended to a buffer, which

@@ -286,6 +286,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered the request
 	}
 	conn.SetReadLimit(h.readLimit())
+	rec.shrinkBuffers()
 
 	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn, out: rec.batch, start: time.Now()}
 	p.frames, p.in = rec.conn, newInbound(h)
@@ -433,6 +434,7 @@ type hijackRecorder struct {
 	pool                       *sync.Pool // the Handler's batch buffers
 	conn                       *frameConn
 	batch                      *batchWriter
+	brw                        *bufio.ReadWriter // until shrinkBuffers
 }
 
 // Hijack implements http.Hijacker.
@@ -457,8 +459,29 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.batch = &batchWriter{conn: conn, pool: w.pool}
 	brw.Reader.Reset(fc)
 	brw.Writer.Reset(w.batch)
+	w.brw = brw
 	w.conn = fc
 	return fc, brw, nil
+}
+
+// shrinkBuffers replaces, in place, the reader and writer that the library
+// has from the hijack with smaller ones. They are net/http's, which it keeps
+// until ServeHTTP returns, so replacing the pointers would free nothing.
+// The writer's frames are gathered by the batchWriter, and the reader needs
+// little for an idle peer (see readBufferSize): so an idle peer holds 1.25
+// KiB of buffers instead of 8. It runs before the library has read or
+// written anything, and in a function of its own, so that the frame of
+// ServeHTTP, which stays on the stack for as long as the peer is
+// connected, does not grow.
+//
+//go:noinline
+func (w *hijackRecorder) shrinkBuffers() {
+	if w.brw == nil || w.brw.Reader.Buffered() > 0 || w.brw.Writer.Buffered() > 0 {
+		return
+	}
+	*w.brw.Reader = *bufio.NewReaderSize(w.conn, readBufferSize)
+	*w.brw.Writer = *bufio.NewWriterSize(w.batch, writeBufferSize)
+	w.brw = nil
 }
 
 // Unwrap returns the ResponseWriter it wraps, for http.ResponseController.

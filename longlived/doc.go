@@ -76,6 +76,12 @@
 // order with the batch, at a frame boundary. A connection that refuses
 // write deadlines gets its messages written one at a time.
 //
+// An idle peer holds little: its goroutine (the one serving the request,
+// which reads), a 1 KiB read buffer and a 256-byte write buffer. A batch's
+// buffer comes from a pool shared by the Handler's peers, only while the
+// batch is written, and the queue's array only while there is something to
+// write.
+//
 // # Slow consumers
 //
 // A peer that reads more slowly than messages are queued for it falls

@@ -1,6 +1,7 @@
 package longlived
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"sync"
@@ -35,10 +36,13 @@ const readBufferSize = 1 << 10
 // makes, only the system calls change.
 //
 // The library also writes from other goroutines: pongs from the read loop,
-// pings, close frames. Such a write while the writer is corked joins the
-// batch, in the order the library wrote it, and goes out when the writer
-// uncorks, which it does as soon as it has written the batch, without
-// waiting for anything else. Writes to the connection are serialized by mu,
+// pings, close frames. A ping or a pong written while the writer is corked
+// joins the batch, in the order the library wrote it, and goes out when the
+// writer uncorks, which it does as soon as it has written the batch,
+// without waiting for anything else. A close frame goes out at once, with
+// what the batch holds before it: the library closes the connection right
+// after the close frame that answers the client's. To tell, batchWriter
+// follows the frame headers in what it is given. Writes to the connection are serialized by mu,
 // so frames go out in the order they were written, and one that arrives
 // while a batch goes out waits for that write, bounded by the connection's
 // write deadline, as it would wait for the connection anyway.
@@ -46,16 +50,20 @@ type batchWriter struct {
 	conn net.Conn   // the hijacked connection, without the frame tracker
 	pool *sync.Pool // of *[]byte, shared by the Handler's peers
 
-	mu     sync.Mutex
-	corked bool
-	buf    *[]byte // the batch, from pool while corked; nil otherwise
+	mu        sync.Mutex
+	corked    bool
+	buf       *[]byte // the batch, from pool while corked; nil otherwise
+	remaining uint64  // payload bytes of the frame under way still to come
+	lost      bool    // a frame header was split: frames are no longer followed
 }
 
 // Write implements io.Writer.
 func (w *batchWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.corked {
+	// A close frame goes out at once, after what the batch holds: the
+	// library may close the connection as soon as it has written it.
+	if w.follow(p) && w.corked {
 		if w.buf == nil {
 			w.buf = w.get()
 		}
@@ -79,6 +87,51 @@ func (w *batchWriter) Write(p []byte) (int, error) {
 		return max(written, 0), err
 	}
 	return len(p), err
+}
+
+// follow follows the frames in p, the next bytes written, and reports
+// whether p may be held: it holds no close frame, and the frames were
+// followed so far. The library flushes at the end of every frame, into
+// a buffer larger than any header, so a header is never split between
+// writes; if one ever is, nothing more is held.
+func (w *batchWriter) follow(p []byte) bool {
+	hold := true
+	for len(p) > 0 && !w.lost {
+		if w.remaining > 0 {
+			k := min(uint64(len(p)), w.remaining)
+			p, w.remaining = p[k:], w.remaining-k
+			continue
+		}
+		n := 2
+		if len(p) >= 2 {
+			switch p[1] & 0x7f {
+			case 126:
+				n += 2
+			case 127:
+				n += 8
+			}
+			if p[1]&0x80 != 0 {
+				n += 4 // a masking key, which a server does not send
+			}
+		}
+		if len(p) < n {
+			w.lost = true
+			break
+		}
+		if p[0]&0x0f == 0x8 {
+			hold = false
+		}
+		switch p[1] & 0x7f {
+		case 126:
+			w.remaining = uint64(binary.BigEndian.Uint16(p[2:]))
+		case 127:
+			w.remaining = binary.BigEndian.Uint64(p[2:])
+		default:
+			w.remaining = uint64(p[1] & 0x7f)
+		}
+		p = p[n:]
+	}
+	return hold && !w.lost
 }
 
 // cork has what is written from now on gathered, until uncork.

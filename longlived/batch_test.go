@@ -140,3 +140,51 @@ func TestBatchedWritesKeepTheFrames(t *testing.T) {
 		t.Logf("%d writes for %d messages", n, len(msgs))
 	}
 }
+
+// TestClientCloseDuringABatch: a client that closes while the writer is in
+// the middle of its batches gets the answer to its close frame, after whole
+// frames of the messages, and the peer ends with the client's status.
+func TestClientCloseDuringABatch(t *testing.T) {
+	s := start(t, edge.Hooks{}, func(h *longlived.Handler) { h.WriteQueueBytes = 64 << 20 })
+	rc := s.dialRaw(t, "/c", nil)
+	p := recv(t, s.opened, "Hooks.Open")
+
+	// The first message blocks the writer until the client reads; the
+	// client's close frame is read by the server meanwhile.
+	msgs := []edge.Data{edge.Binary(bytes.Repeat([]byte{0xb5}, 24<<20))}
+	for i := range 2000 {
+		msgs = append(msgs, edge.Text(strings.Repeat(string(rune('a'+i%26)), 100)))
+	}
+	ctx := context.Background()
+	for _, d := range msgs {
+		if err := p.Send(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc.write(whole(fin|opClose, "\x03\xe8bye")) // 1000
+
+	_ = rc.c.SetReadDeadline(time.Now().Add(wait))
+	for i := 0; ; i++ {
+		op, payload, err := rc.readFrame()
+		if err != nil {
+			t.Fatalf("after %d frames: %v, want the close frame", i, err)
+		}
+		if op == opClose {
+			if !bytes.Equal(payload, []byte("\x03\xe8bye")) && !bytes.Equal(payload, []byte("\x03\xe8")) {
+				t.Fatalf("close frame %q, want status 1000", payload)
+			}
+			break
+		}
+		if i >= len(msgs) {
+			t.Fatalf("frame %d: more frames than messages", i)
+		}
+		want, wantOp := msgs[i], byte(opText)
+		if want.Binary {
+			wantOp = opBinary
+		}
+		if op != wantOp || !bytes.Equal(payload, want.Bytes) {
+			t.Fatalf("frame %d: opcode %d, %d bytes, want message %d", i, op, len(payload), i)
+		}
+	}
+	s.expectClosed(t, p, 1000)
+}

@@ -72,8 +72,9 @@
 // that keeps up gets one system call per message; one that falls behind by
 // a few messages, as every peer does in a burst fanned out to many, gets one
 // for all of them, so fan-out costs far fewer system calls than
-// deliveries. Pongs, pings and close frames written meanwhile go out in
-// order with the batch, at a frame boundary. A connection that refuses
+// deliveries. Pongs and pings written meanwhile go out in order with the
+// batch, at a frame boundary; a close frame goes out at once, after the
+// frames before it. A connection that refuses
 // write deadlines gets its messages written one at a time.
 //
 // An idle peer holds little: its goroutine (the one serving the request,

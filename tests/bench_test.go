@@ -143,6 +143,9 @@ func BenchmarkFanOutOverRedis(b *testing.B) {
 	b.Run("peers=100/window=100", func(b *testing.B) { redisFanOut(b, url, 100, 100, 0) })
 	b.Run("peers=1000/window=100", func(b *testing.B) { redisFanOut(b, url, 1000, 100, 0) })
 	b.Run("peers=100/rate=200k", func(b *testing.B) { redisFanOut(b, url, 100, 0, 2000) })
+	// The same messages to one peer: the relay's own latency, without
+	// the fan-out.
+	b.Run("peers=1/rate=2k", func(b *testing.B) { redisFanOut(b, url, 1, 0, 2000) })
 }
 
 // redisFanOut runs one case of BenchmarkFanOutOverRedis: n subscribers, at

@@ -32,7 +32,7 @@ const idleClientsEnv = "LONGLIVED_IDLE_CLIENTS"
 
 // BenchmarkIdlePeers measures the memory (live heap plus goroutine stacks)
 // that the server holds for each idle peer, subscribed to a topic, with the
-// default settings (pings every 30 s, 1 MiB write queue cap). Run it once:
+// default settings (pings every 30 s, 16 MiB write queue cap). Run it once:
 //
 //	go test -run '^$' -bench BenchmarkIdlePeers -benchtime 1x ./longlived
 //

@@ -66,6 +66,23 @@
 // there is something to write. Deliveries from the Hub and Peer.Send only
 // append to the queue: they never block.
 //
+// The writer writes in batches: every message queued when it looks, up to
+// 32 KiB of them, goes out in one write system call, each message still in
+// a frame of its own, byte for byte the frames coder/websocket makes. A peer
+// that keeps up gets one system call per message; one that falls behind by
+// a few messages, as every peer does in a burst fanned out to many, gets one
+// for all of them, so fan-out costs far fewer system calls than
+// deliveries. Pongs and pings written meanwhile go out in order with the
+// batch, at a frame boundary; a close frame goes out at once, after the
+// frames before it. A connection that refuses
+// write deadlines gets its messages written one at a time.
+//
+// An idle peer holds little: its goroutine (the one serving the request,
+// which reads), a 1 KiB read buffer and a 256-byte write buffer. A batch's
+// buffer comes from a pool shared by the Handler's peers, only while the
+// batch is written, and the queue's array only while there is something to
+// write.
+//
 // # Slow consumers
 //
 // A peer that reads more slowly than messages are queued for it falls

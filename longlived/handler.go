@@ -141,6 +141,7 @@ type Handler struct {
 
 	hooksOnce sync.Once
 	hooks     *edge.HookRunner
+	batches   sync.Pool // of *[]byte: the buffers of the peers' batches of writes
 
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
@@ -276,7 +277,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	rec := &hijackRecorder{ResponseWriter: w, maxFrames: h.maxMessageFrames(), framesPerSecond: h.framesPerSecond()}
+	rec := &hijackRecorder{ResponseWriter: w, maxFrames: h.maxMessageFrames(), framesPerSecond: h.framesPerSecond(), pool: &h.batches}
 	conn, err := websocket.Accept(rec, r, &websocket.AcceptOptions{
 		Subprotocols:   subprotocols,
 		OriginPatterns: h.OriginPatterns,
@@ -285,8 +286,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // Accept has answered the request
 	}
 	conn.SetReadLimit(h.readLimit())
+	rec.shrinkBuffers()
 
-	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn, start: time.Now()}
+	p := &peer{h: h, id: edge.NewID(), namespace: namespace, conn: conn, raw: rec.conn, out: rec.batch, start: time.Now()}
 	p.frames, p.in = rec.conn, newInbound(h)
 	if len(accept.Attrs) > 0 {
 		p.attrs = maps.Clone(accept.Attrs)
@@ -429,7 +431,10 @@ func (h *Handler) Close(ctx context.Context) error {
 type hijackRecorder struct {
 	http.ResponseWriter
 	maxFrames, framesPerSecond int
+	pool                       *sync.Pool // the Handler's batch buffers
 	conn                       *frameConn
+	batch                      *batchWriter
+	brw                        *bufio.ReadWriter // until shrinkBuffers
 }
 
 // Hijack implements http.Hijacker.
@@ -445,9 +450,38 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := brw.Reader.Peek(n)
 		fc.pending = bytes.Clone(b)
 	}
+	if brw.Writer.Buffered() > 0 { // net/http flushes the response first
+		if err := brw.Writer.Flush(); err != nil {
+			_ = conn.Close()
+			return nil, nil, err
+		}
+	}
+	w.batch = &batchWriter{conn: conn, pool: w.pool}
 	brw.Reader.Reset(fc)
+	brw.Writer.Reset(w.batch)
+	w.brw = brw
 	w.conn = fc
 	return fc, brw, nil
+}
+
+// shrinkBuffers replaces, in place, the reader and writer that the library
+// has from the hijack with smaller ones. They are net/http's, which it keeps
+// until ServeHTTP returns, so replacing the pointers would free nothing.
+// The writer's frames are gathered by the batchWriter, and the reader needs
+// little for an idle peer (see readBufferSize): so an idle peer holds 1.25
+// KiB of buffers instead of 8. It runs before the library has read or
+// written anything, and in a function of its own, so that the frame of
+// ServeHTTP, which stays on the stack for as long as the peer is
+// connected, does not grow.
+//
+//go:noinline
+func (w *hijackRecorder) shrinkBuffers() {
+	if w.brw == nil || w.brw.Reader.Buffered() > 0 || w.brw.Writer.Buffered() > 0 {
+		return
+	}
+	*w.brw.Reader = *bufio.NewReaderSize(w.conn, readBufferSize)
+	*w.brw.Writer = *bufio.NewWriterSize(w.batch, writeBufferSize)
+	w.brw = nil
 }
 
 // Unwrap returns the ResponseWriter it wraps, for http.ResponseController.

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -56,6 +57,13 @@ type server struct {
 // test's own Open has run. Pings are off unless configure turns them on.
 func start(t *testing.T, hooks edge.Hooks, configure func(*longlived.Handler)) *server {
 	t.Helper()
+	return startOn(t, hooks, configure, nil)
+}
+
+// startOn is start with the server's listener wrapped by wrap, unless it
+// is nil.
+func startOn(t *testing.T, hooks edge.Hooks, configure func(*longlived.Handler), wrap func(net.Listener) net.Listener) *server {
+	t.Helper()
 	hub, err := edge.New(edge.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +107,11 @@ func start(t *testing.T, hooks edge.Hooks, configure func(*longlived.Handler)) *
 	if configure != nil {
 		configure(s.handler)
 	}
-	s.http = httptest.NewServer(s.handler)
+	s.http = httptest.NewUnstartedServer(s.handler)
+	if wrap != nil {
+		s.http.Listener = wrap(s.http.Listener)
+	}
+	s.http.Start()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()

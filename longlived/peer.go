@@ -48,7 +48,8 @@ type peer struct {
 	attrs     map[string]string
 	member    *edge.Member
 	conn      *websocket.Conn
-	raw       net.Conn // the hijacked connection, closed to drop the peer
+	raw       net.Conn     // the hijacked connection, closed to drop the peer
+	out       *batchWriter // what coder/websocket writes goes through it
 
 	frames *frameConn    // raw, which follows the frames the library reads
 	in     inbound       // paces the read loop
@@ -61,9 +62,9 @@ type peer struct {
 
 	mu        sync.Mutex
 	queue     []entry
-	queued    int           // bytes of the queue and of the message being written
-	inflight  bool          // a message is being written
-	sentAt    time.Duration // when the message being written was queued
+	queued    int           // bytes of the queue and of the batch being written
+	inflight  bool          // a batch of messages is being written
+	sentAt    time.Duration // when the oldest message of that batch was queued
 	evicted   bool          // a slow consumer: the write deadline is final
 	writing   bool          // a writer goroutine runs, or has made the close handshake
 	closing   bool          // nothing more is queued
@@ -247,7 +248,8 @@ func (p *peer) dropQueueLocked() {
 func (p *peer) startWriterLocked() {
 	if !p.writing && !p.ended {
 		p.writing = true
-		p.goLocked(p.writeLoop)
+		p.wg.Add(1) // see goLocked
+		go p.writeLoop()
 	}
 }
 
@@ -265,9 +267,12 @@ func (p *peer) goLocked(fn func()) {
 	}()
 }
 
-// writeLoop writes the queue, one message at a time, until it is empty;
-// then, if the peer is closing, it makes the close handshake.
+// writeLoop writes the queue until it is empty, in batches: every message
+// queued when it looks, up to batchBytes, goes out in one write to the
+// connection. Then, if the peer is closing, it makes the close handshake.
 func (p *peer) writeLoop() {
+	defer p.wg.Done()
+	var batch []entry
 	for {
 		p.mu.Lock()
 		if len(p.queue) == 0 {
@@ -289,21 +294,35 @@ func (p *peer) writeLoop() {
 			p.mu.Unlock()
 			return
 		}
-		e := p.queue[0]
-		p.queue[0] = entry{}
-		p.queue = p.queue[1:]
-		if len(p.queue) == 0 {
-			p.queue = nil
-		}
-		p.inflight, p.sentAt = true, e.at
-		// A deadline on the connection bounds the write: unlike a
+		// A deadline on the connection bounds the batch: unlike a
 		// context with a timeout, it costs no allocation per message.
 		// It is set and cleared under p.mu, so that the deadline an
-		// eviction sets, which bounds the close frame too, stays.
+		// eviction sets, which bounds the close frame too, stays. A
+		// connection without deadlines gets a context per message,
+		// and its messages one at a time.
 		deadline := p.raw.SetWriteDeadline(time.Now().Add(p.h.writeTimeout())) == nil
+		n, size := 0, 0
+		for _, e := range p.queue {
+			s := len(e.d.Bytes) + queueOverhead
+			if n > 0 && (!deadline || size+s > batchBytes) {
+				break
+			}
+			n, size = n+1, size+s
+		}
+		if n == len(p.queue) {
+			// The whole queue: the batch's array, emptied, becomes
+			// the queue, so that neither grows again.
+			batch, p.queue = p.queue, batch[:0]
+		} else {
+			batch = append(batch[:0], p.queue[:n]...)
+			clear(p.queue[:n])
+			p.queue = p.queue[n:]
+		}
+		p.inflight, p.sentAt = true, batch[0].at
 		p.mu.Unlock()
 
-		err := p.write(e.d, deadline)
+		err := p.writeBatch(batch, deadline)
+		clear(batch) // let the payloads go
 
 		p.mu.Lock()
 		p.inflight = false
@@ -312,8 +331,11 @@ func (p *peer) writeLoop() {
 			// connection.
 			_ = p.raw.SetWriteDeadline(time.Time{})
 		}
-		p.queued -= len(e.d.Bytes) + queueOverhead
+		p.queued -= size
 		if err == nil {
+			if len(p.queue) == 0 {
+				p.queue = nil // an idle peer holds no array
+			}
 			p.mu.Unlock()
 			continue
 		}
@@ -332,6 +354,25 @@ func (p *peer) writeLoop() {
 		p.abort("write failed", err)
 		return
 	}
+}
+
+// writeBatch writes the messages of batch, gathered into one write to the
+// connection when it has deadlines (see batchWriter).
+func (p *peer) writeBatch(batch []entry, deadline bool) error {
+	if !deadline {
+		return p.write(batch[0].d, false)
+	}
+	p.out.cork()
+	var err error
+	for _, e := range batch {
+		if err = p.write(e.d, true); err != nil {
+			break
+		}
+	}
+	if uerr := p.out.uncork(); uerr != nil && err == nil {
+		err = fmt.Errorf("longlived: write: %w", uerr)
+	}
+	return err
 }
 
 // write writes one message, bounded by the write deadline already set on

@@ -37,7 +37,7 @@ type config struct {
 	instances   int
 	// instancesSet records that -instances was given.
 	instancesSet bool
-	procs       int // Lambda processes under the emulator
+	procs        int // Lambda processes under the emulator
 
 	topics      int
 	subscribers int // per topic

@@ -59,6 +59,8 @@ type config struct {
 	progress  string // auto, on or off
 	strict    bool
 
+	cpuProfile string
+
 	chatBin     string
 	emulatorBin string
 	lambdaBin   string
@@ -113,6 +115,7 @@ Flags:
 	fs.StringVar(&c.serverLog, "server-log", "", "append the servers' logs to this `file` (default: discarded, errors counted)")
 	fs.StringVar(&c.progress, "progress", "auto", "live progress on stderr: `auto` (when a terminal: one updating line; otherwise a line a second), on, or off")
 	fs.BoolVar(&c.strict, "strict", false, "exit 1 when a message was lost or duplicated, or a client failed to connect or dropped")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write the load tool's own CPU profile to this `file` (go tool pprof)")
 	fs.StringVar(&c.chatBin, "chat-bin", "", "use this examples/chat `binary` instead of building one")
 	fs.StringVar(&c.emulatorBin, "emulator-bin", "", "use this apigw-emulator `binary` instead of building one")
 	fs.StringVar(&c.lambdaBin, "lambda-bin", "", "use this examples/chat-lambda bootstrap `binary` instead of building one")

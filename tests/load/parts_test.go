@@ -111,8 +111,9 @@ func TestReceiverCounts(t *testing.T) {
 func TestOutages(t *testing.T) {
 	var tl []Sample
 	for i, d := range []float64{100, 100, 0, 0, 100, 100, 3, 100, 100, 0} {
-		tl = append(tl, Sample{T: float64(i + 1), Deliveries: d})
+		tl = append(tl, Sample{T: float64(i + 1), Deliveries: d, Publishing: true})
 	}
+	tl = append(tl, Sample{T: 11, Deliveries: 0}) // the drain
 	got := outages(tl)
 	want := []Outage{{2, 4, true}, {6, 7, true}, {9, 10, false}}
 	if !slices.Equal(got, want) {

@@ -53,8 +53,8 @@ type Results struct {
 	Servers  []ServerFigures `json:"servers"`
 	Tool     ToolFigures     `json:"tool"`
 	Timeline []Sample        `json:"timeline"`
-	// Outages are spans of the timeline whose deliveries fell below a
-	// tenth of the run's median, and whether delivery came back (to half
+	// Outages are spans of the timeline, while publishing, whose
+	// deliveries fell below a tenth of the run's median, and whether delivery came back (to half
 	// the median) after each.
 	Outages []Outage `json:"outages"`
 	// Distribution is the latency histogram's non-empty buckets.
@@ -145,7 +145,9 @@ type ToolFigures struct {
 
 // Sample is one second of the run.
 type Sample struct {
-	T                float64 `json:"t"` // seconds since the first publish
+	T float64 `json:"t"` // seconds since the first publish
+	// Publishing is false for the samples of the drain, after -duration.
+	Publishing       bool    `json:"publishing"`
 	Deliveries       float64 `json:"deliveries_per_second"`
 	Published        float64 `json:"published_per_second"`
 	P50Ms            float64 `json:"p50_ms"`
@@ -241,8 +243,14 @@ func latencyOf(s *snapshot) LatencyFigures {
 }
 
 // outages finds the spans of the timeline below a tenth of the median
-// deliveries per second.
-func outages(tl []Sample) []Outage {
+// deliveries per second, while publishing.
+func outages(all []Sample) []Outage {
+	var tl []Sample
+	for _, s := range all {
+		if s.Publishing {
+			tl = append(tl, s)
+		}
+	}
 	if len(tl) < 3 {
 		return nil
 	}

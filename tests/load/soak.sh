@@ -142,7 +142,7 @@ fi
 
 # Delivery came back after each fault: a second, after the fault ended and
 # before the next one, at half the run's median deliveries per second.
-median=$(jq '[.timeline[].deliveries_per_second] | sort | .[length/2|floor]' "$json")
+median=$(jq '[.timeline[] | select(.publishing) | .deliveries_per_second] | sort | .[length/2|floor]' "$json")
 echo "soak: median deliveries/s $median; $(jq '.lost' "$json") lost, $(jq '.duplicated' "$json") duplicated, $(jq '.dropped' "$json") clients dropped"
 for i in "${!faults[@]}"; do
 	read -r kind from to <<<"${faults[$i]}"
@@ -161,7 +161,7 @@ if (( ${#faults[@]} == 0 )); then
 	echo "soak: FAIL: no fault was injected (DURATION too short?)"
 	fail=1
 fi
-tail=$(jq --argjson m "$median" '[.timeline[-5:][] | .deliveries_per_second >= $m / 2] | all' "$json")
+tail=$(jq --argjson m "$median" '[.timeline | map(select(.publishing)) | .[-5:][] | .deliveries_per_second >= $m / 2] | all' "$json")
 if [[ $tail != true ]]; then
 	echo "soak: FAIL: delivery was not back to half the median in the last 5 seconds"
 	fail=1

@@ -115,8 +115,12 @@ func printTable(w io.Writer, r *Results) {
 		mode = fmt.Sprintf("rate %g msg/s (%s deliveries/s)", sc.Rate, countName(sc.Rate*float64(sc.Subscribers)))
 	}
 	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
+	backplane := sc.Backplane
+	if backplane == "" {
+		backplane = "the servers' own"
+	}
 	row("scenario", "%s, backplane %s%s, %d instance(s), %d topic(s) × (%d subscribers + %d publishers), %s, %d B, %s, %gs",
-		sc.Target, sc.Backplane, map[bool]string{true: " routed"}[sc.Routed], sc.Instances, sc.Topics, sc.Subscribers, sc.Publishers,
+		sc.Target, backplane, map[bool]string{true: " routed"}[sc.Routed], sc.Instances, sc.Topics, sc.Subscribers, sc.Publishers,
 		sc.Placement, sc.Size, mode, sc.DurationS)
 	c := r.Connect
 	row("connect", "%d/%d connected, %d failed in %.2fs (%s/s); each p50 %s ms, p99 %s ms, max %s ms",

@@ -65,7 +65,7 @@ type Results struct {
 type Scenario struct {
 	Target      string   `json:"target"`
 	URLs        []string `json:"urls,omitempty"`
-	Backplane   string   `json:"backplane"`
+	Backplane   string   `json:"backplane"` // "" for -target url
 	Routed      bool     `json:"routed"`
 	Instances   int      `json:"instances"`
 	Procs       int      `json:"procs,omitempty"`
@@ -146,7 +146,9 @@ type ToolFigures struct {
 // Sample is one second of the run.
 type Sample struct {
 	T float64 `json:"t"` // seconds since the first publish
-	// Publishing is false for the samples of the drain, after -duration.
+	// Publishing is true for a sample whose second lay within -duration,
+	// false for those of the drain (and the one second that straddled
+	// the end).
 	Publishing       bool    `json:"publishing"`
 	Deliveries       float64 `json:"deliveries_per_second"`
 	Published        float64 `json:"published_per_second"`
@@ -311,8 +313,15 @@ func (r *Results) problems() []string {
 }
 
 func scenarioOf(cfg *config) Scenario {
+	backplane := cfg.backplane
+	switch cfg.target {
+	case "relay":
+		backplane = "none"
+	case "url":
+		backplane = "" // the servers' own, unknown to the tool
+	}
 	return Scenario{
-		Target: cfg.target, URLs: cfg.urls, Backplane: cfg.backplane, Routed: cfg.routed,
+		Target: cfg.target, URLs: cfg.urls, Backplane: backplane, Routed: cfg.routed,
 		Instances: cfg.instanceCount(), Topics: cfg.topics, Subscribers: cfg.subscribers, Publishers: cfg.publishers,
 		Placement: cfg.placement, Size: cfg.size, Rate: cfg.rate, Window: cfg.window,
 		DurationS: cfg.duration.Seconds(), DrainS: cfg.drain.Seconds(), ConnectConc: cfg.connectConc,

@@ -516,7 +516,8 @@ func (st *runState) sampleLoop(done <-chan struct{}, stopped chan<- struct{}) {
 		d := snap.sub(&prev)
 		s := Sample{
 			T:          (now - start).Seconds(),
-			Publishing: prevAt-start < st.cfg.duration,
+			Publishing: now-start <= st.cfg.duration, // the whole second was
+
 			Deliveries: float64(delivered-prevDelivered) / secs,
 			Published:  float64(sent-prevSent) / secs,
 			P50Ms:      ms(d.quantile(0.5)), P99Ms: ms(d.quantile(0.99)), MaxMs: ms(intervalMax(d)),

@@ -137,8 +137,10 @@ func printTable(w io.Writer, r *Results) {
 		row("foreign", "%d (not from the topic's publishers)", r.Foreign)
 	}
 	l := r.Latency
-	row("latency ms", "p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  (mean %s)", msName(l.P50), msName(l.P90), msName(l.P99), msName(l.P999), msName(l.Max), msName(l.Mean))
-	row("send lag ms", "p50 %s  p99 %s  max %s", msName(r.SendLag.P50), msName(r.SendLag.P99), msName(r.SendLag.Max))
+	if r.Expected > 0 {
+		row("latency ms", "p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  (mean %s)", msName(l.P50), msName(l.P90), msName(l.P99), msName(l.P999), msName(l.Max), msName(l.Mean))
+		row("send lag ms", "p50 %s  p99 %s  max %s", msName(r.SendLag.P50), msName(r.SendLag.P99), msName(r.SendLag.Max))
+	}
 	if r.WindowStalls > 0 {
 		row("window stalls", "%d", r.WindowStalls)
 	}

@@ -309,7 +309,9 @@ func (st *runState) connect(ctx context.Context) ConnectFigures {
 
 // startReaders starts a reader goroutine for every connected client.
 func (st *runState) startReaders() {
-	bufSize := max(2*st.cfg.size, 4096)
+	// Twice a message: the tool's messages fit, anything longer is not
+	// one of them.
+	bufSize := max(2*st.cfg.size, 512)
 	for _, tp := range st.topics {
 		for _, p := range tp.pubs {
 			p.readyN = int64(len(tp.subs))

@@ -122,6 +122,7 @@ type config struct {
 	apigw       string        // API Gateway management endpoint, "" for none
 	name        string        // the instance attribute, "" for "vm " and the listen address
 	presenceTTL time.Duration // 0 means edge.DefaultPresenceTTL
+	debug       string        // loopback address serving net/http/pprof, "" for none
 }
 
 func main() {
@@ -179,6 +180,7 @@ Flags:
 	fs.StringVar(&cfg.name, "name", getenv("EDGESYNC_INSTANCE_NAME"), "the instance name the room shows for this server's clients (default \"vm \" and the listen address)")
 	ttl, ttlErr := envDuration(getenv, "EDGESYNC_PRESENCE_TTL", edge.DefaultPresenceTTL)
 	fs.DurationVar(&cfg.presenceTTL, "presence-ttl", ttl, "how long the room lists the clients of a server that died")
+	fs.StringVar(&cfg.debug, "debug", "", "serve net/http/pprof at this loopback `address` (for tools measuring the server, such as tests/load)")
 	fail := func(err error) (config, error) {
 		fmt.Fprintln(fs.Output(), err)
 		fs.Usage()
@@ -195,6 +197,11 @@ Flags:
 	}
 	if err := cfg.room().Check(); err != nil {
 		return fail(err)
+	}
+	if cfg.debug != "" {
+		if err := checkDebugAddr(cfg.debug); err != nil {
+			return fail(err)
+		}
 	}
 	if cfg.apigw != "" {
 		if err := checkEndpoint(cfg.apigw); err != nil {
@@ -254,6 +261,14 @@ func run(cfg config) error {
 		return err
 	}
 	defer ln.Close()
+	if cfg.debug != "" {
+		addr, stopDebug, err := serveDebug(cfg.debug)
+		if err != nil {
+			return err
+		}
+		defer stopDebug()
+		slog.Info("chat debug listening", "addr", addr)
+	}
 	backplane, hub, err := newHub(ctx, cfg, nil)
 	if err != nil {
 		return err

@@ -338,6 +338,32 @@ func (c *scaleCluster) await(tb testing.TB, what string, ok func() bool) {
 	}
 }
 
+// awaitHanded waits until what each instance's driver has handed its Hub
+// (Stats.Received) is, broadcast, every message the others published,
+// probes included, and routed, what its member was delivered, nothing else:
+// in either mode, nothing more than that is ever handed.
+func (c *scaleCluster) awaitHanded(tb testing.TB) {
+	tb.Helper()
+	published := make([]int, scaleInstances)
+	for k := range scaleTopics {
+		published[scalePublisher(k)] += c.probes[k] + c.rounds
+	}
+	all := 0
+	for _, n := range published {
+		all += n
+	}
+	for i, h := range c.hubs {
+		e := c.eps[i]
+		want := func() int { return all - published[i] }
+		if c.routed {
+			want = func() int { return e.count(func(e *scaleEndpoint) int { return e.deliveries }) }
+		}
+		c.await(tb, fmt.Sprintf("instance %d's Stats.Received to settle", i), func() bool {
+			return h.Stats().Received == uint64(want())
+		})
+	}
+}
+
 // readTopics returns the topics whose messages instance i's driver reads
 // off the backplane: in broadcast mode every topic (but those it publishes,
 // unless the backplane echoes); routed, its own topics, and the topics that
@@ -414,29 +440,10 @@ func testScale(t *testing.T, backend scaleBackend, routed bool, rounds int) {
 	c.flush(t)
 	c.awaitMeasured(t)
 
-	published := make([]int, scaleInstances)
-	for k := range scaleTopics {
-		published[scalePublisher(k)] += c.probes[k] + rounds
-	}
-	all := 0
-	for _, n := range published {
-		all += n
-	}
+	c.awaitHanded(t)
 	var reads, bytes []uint64
 	for i, h := range c.hubs {
 		e := c.eps[i]
-		// What the Hub was handed: broadcast, every message the others
-		// published, probes included; routed, what its member was
-		// delivered, nothing else.
-		var want func() int
-		if routed {
-			want = func() int { return e.count(func(e *scaleEndpoint) int { return e.deliveries }) }
-		} else {
-			want = func() int { return all - published[i] }
-		}
-		c.await(t, fmt.Sprintf("instance %d's Stats.Received to settle", i), func() bool {
-			return h.Stats().Received == uint64(want())
-		})
 		e.mu.Lock()
 		if len(e.bad) > 0 {
 			t.Errorf("instance %d was delivered %d messages of topics it does not subscribe to: %q", i, len(e.bad), e.bad[:min(5, len(e.bad))])

@@ -49,6 +49,7 @@ func BenchmarkScaleBackplane(b *testing.B) {
 				}
 				c.flush(b)
 				c.awaitMeasured(b)
+				c.awaitHanded(b) // the other topics' messages too
 				b.StopTimer()
 				var reads, bytes, handed uint64
 				for i, h := range c.hubs {

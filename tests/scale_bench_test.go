@@ -83,8 +83,14 @@ func (c *scaleCluster) awaitRounds(tb testing.TB, n int) {
 	}
 }
 
-// churnSteadyTopics is how many topics stay subscribed while others churn.
-const churnSteadyTopics = 100
+const (
+	// churnSteadyTopics is how many topics stay subscribed while others
+	// churn.
+	churnSteadyTopics = 100
+	// churnWindow is how many steady messages hub A stays ahead of B at
+	// most.
+	churnWindow = 4096
+)
 
 // BenchmarkRoutedChurn measures routed relay while topics churn: hub A
 // publishes 100-byte messages to 100 topics that a member of hub B stays
@@ -152,7 +158,7 @@ func benchChurn(b *testing.B, backend scaleBackend, churn bool) {
 	logs := make([]*testenv.ErrorLog, 2)
 	for i, s := range syncs {
 		logs[i] = testenv.NewErrorLog()
-		h, err := edge.New(edge.Options{Sync: s, OnError: logs[i].OnError})
+		h, err := edge.New(edge.Options{Sync: s, OnError: logs[i].OnError, QueueSize: 4 * churnWindow})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -228,7 +234,6 @@ func benchChurn(b *testing.B, backend scaleBackend, churn bool) {
 		})
 	}
 
-	const window = 4096
 	msg := edge.Message{Namespace: "/churn", Data: edge.Text(string(make([]byte, 100)))}
 	b.ResetTimer()
 	for i := range b.N {
@@ -236,8 +241,8 @@ func benchChurn(b *testing.B, backend scaleBackend, churn bool) {
 		if err := a.Publish(ctx, msg); err != nil {
 			b.Fatal(err)
 		}
-		if i >= window && i%256 == 0 {
-			counter.await(b, int64(i-window))
+		if i >= churnWindow && i%256 == 0 {
+			counter.await(b, int64(i-churnWindow))
 		}
 	}
 	counter.await(b, int64(b.N))

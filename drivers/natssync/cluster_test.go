@@ -139,6 +139,7 @@ func TestClusterConformance(t *testing.T) {
 type clusterHub struct {
 	name string
 	node int
+	conn *nats.Conn
 	hub  *edge.Hub
 	log  *testenv.ErrorLog
 }
@@ -164,7 +165,7 @@ func TestClusterNodeKilled(t *testing.T) {
 		for i := range group {
 			nc := connectToNode(t, nodes, i, reconnecting()...)
 			hub, log := newHub(t, natssync.New(natssync.Options{Conn: nc, Channel: channel, Routed: routed}))
-			group[i] = clusterHub{name: fmt.Sprintf("%s hub on node %d", mode, i), node: i, hub: hub, log: log}
+			group[i] = clusterHub{name: fmt.Sprintf("%s hub on node %d", mode, i), node: i, conn: nc, hub: hub, log: log}
 		}
 		// Every hub subscribes to the topic of every other and streams
 		// on its own, a message a millisecond.
@@ -210,6 +211,9 @@ func TestClusterNodeKilled(t *testing.T) {
 		}
 		if errs := h.log.Errors(edge.StageDelivery); len(errs) > 0 {
 			t.Errorf("%s reported at StageDelivery: %v", h.name, errs)
+		}
+		if url := h.conn.ConnectedUrl(); url == nodes[killed].URL {
+			t.Errorf("%s is still connected to the killed node", h.name)
 		}
 	}
 	// Nothing hangs: every Hub closes within the bound of the test.

@@ -59,6 +59,25 @@ type Instance struct {
 	// Report hands an error the driver met in the background (a lost
 	// connection, a malformed envelope) to the Hub's OnError. It is never nil.
 	Report func(err error, stage Stage)
+
+	// Inbound counts one payload of size bytes that the driver read off
+	// the backplane for this instance, into Stats.BackplaneMessages and
+	// Stats.BackplaneBytes. A driver calls it, through CountInbound, for
+	// every payload it receives, before any filtering: its own echo, a
+	// liveness probe, another topic of a shared routing bucket, a payload
+	// too large or malformed are all counted, so that the counters show
+	// the traffic the backplane sends the instance, which Stats.Received
+	// (what the driver handed on) does not. It does not block and may be
+	// called from any goroutine. A Hub always sets it; it may be nil when
+	// a driver is built by other code.
+	Inbound func(size int)
+}
+
+// CountInbound calls i.Inbound with size, unless it is nil.
+func (i Instance) CountInbound(size int) {
+	if i.Inbound != nil {
+		i.Inbound(size)
+	}
 }
 
 // Sync builds the Driver of one instance. Validation errors (a missing

@@ -113,6 +113,7 @@ type Hub struct {
 	topicRefs map[string]int // topic → namespaces with a local subscriber, when routed
 
 	published, relayed, received, dropped atomic.Uint64
+	inboundMsgs, inboundBytes             atomic.Uint64 // read off the backplane, see Instance.Inbound
 	errs                                  [numStages]atomic.Uint64
 }
 
@@ -154,7 +155,7 @@ func New(opts Options) (*Hub, error) {
 	}
 	queueSize := orDefault(opts.QueueSize, DefaultQueueSize)
 	if opts.Sync != nil {
-		d, err := buildDriver(opts.Sync, Instance{ID: h.id, Report: h.report})
+		d, err := buildDriver(opts.Sync, Instance{ID: h.id, Report: h.report, Inbound: h.inbound})
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("edge: sync: %w", err)
@@ -348,6 +349,14 @@ func (h *Hub) receive(msg Message) {
 	h.fanOut(msg, "")
 }
 
+// inbound is Instance.Inbound: it counts one payload read off the backplane.
+func (h *Hub) inbound(size int) {
+	h.inboundMsgs.Add(1)
+	if size > 0 {
+		h.inboundBytes.Add(uint64(size))
+	}
+}
+
 // relay drains the outbound queue into the driver, batching what has piled up.
 func (h *Hub) relay() {
 	defer h.workers.Done()
@@ -534,13 +543,24 @@ type Stats struct {
 	Peers     int    // peers held in this process now
 	Published uint64 // messages published on this instance
 	Relayed   uint64 // messages handed to the driver without error
-	Received  uint64 // messages received from the driver and delivered locally
+	Received  uint64 // messages the driver handed to the Hub, whether or not a local peer subscribes to their topic
 	Dropped   uint64 // messages dropped because an outbound queue was full
 	Errors    uint64 // errors reported to OnError, at every stage
 
 	SubscribeErrors uint64 // errors reported at StageSubscribe
 	PublishErrors   uint64 // errors reported at StagePublish, drops included
 	DeliveryErrors  uint64 // errors reported at StageDelivery: malformed, oversized, forged inbound messages
+
+	// BackplaneMessages and BackplaneBytes count what the driver read off
+	// the backplane for this instance (Instance.Inbound), before any
+	// filtering: the instance's own echo, liveness probes and the other
+	// topics of a routing bucket included. In broadcast mode that is every
+	// message of the cluster; in routed mode, the messages of the topics
+	// the instance routes, and of the topics that share their buckets.
+	// Bytes are the payloads as the backplane carries them (an envelope,
+	// on a text backplane). A driver that does not count leaves them 0.
+	BackplaneMessages uint64
+	BackplaneBytes    uint64
 }
 
 // Stats returns the Hub's counters.
@@ -557,6 +577,9 @@ func (h *Hub) Stats() Stats {
 		SubscribeErrors: h.errs[stageSubscribe].Load(),
 		PublishErrors:   h.errs[stagePublish].Load(),
 		DeliveryErrors:  h.errs[stageDelivery].Load(),
+
+		BackplaneMessages: h.inboundMsgs.Load(),
+		BackplaneBytes:    h.inboundBytes.Load(),
 	}
 	st.Errors = st.SubscribeErrors + st.PublishErrors + st.DeliveryErrors + h.errs[stageOther].Load()
 	return st

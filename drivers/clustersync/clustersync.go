@@ -410,6 +410,7 @@ func (d *driver) read(r *bufio.Reader, deliver func(edge.Message)) error {
 			return err
 		}
 		n := int64(binary.BigEndian.Uint32(hdr[:]))
+		d.inst.CountInbound(int(n)) // every frame, before it is filtered
 		if n > int64(d.maxMsg) {
 			d.inst.Report(fmt.Errorf("%w: received a frame of %d bytes, limit %d", ErrMessageTooLarge, n, d.maxMsg), edge.StageDelivery)
 			if _, err := io.CopyN(io.Discard, r, n); err != nil {

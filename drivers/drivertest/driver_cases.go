@@ -672,3 +672,30 @@ func goroutineDump() []byte {
 		buf = make([]byte, 2*len(buf))
 	}
 }
+
+// testInboundCounted relays text and binary messages from A to B and checks
+// that B's driver counted each of them through Instance.Inbound, at no less
+// than the size of its body: the counters of edge.Stats that show the
+// traffic an instance receives from the backplane. A driver may count more
+// (its own echo, liveness probes), never less.
+func (s *driverSuite) testInboundCounted(t *testing.T) {
+	ch := newChannel()
+	a := s.newInstance(t, "A", ch)
+	b := s.newInstance(t, "B", ch)
+	msgs := []edge.Message{
+		textMessage("/drivertest", "inbound", "short"),
+		textMessage("/drivertest", "inbound", strings.Repeat("long", 500)),
+		{Namespace: "/drivertest", Topic: "inbound", Data: edge.Binary([]byte("binary-" + edge.NewID()))},
+	}
+	var bodies int64
+	for _, msg := range msgs {
+		relay(t, a, msg, b)
+		bodies += int64(len(msg.Data.Bytes))
+	}
+	if n := b.inboundMsgs.Load(); n < int64(len(msgs)) {
+		t.Errorf("B counted %d inbound payloads, want at least the %d messages it received", n, len(msgs))
+	}
+	if n := b.inboundBytes.Load(); n < bodies {
+		t.Errorf("B counted %d inbound bytes, want at least the %d bytes of the bodies it received", n, bodies)
+	}
+}

@@ -51,8 +51,10 @@ var (
 // (edge.Options.PublishOnly), relays out what it publishes, singly and in
 // batches, receives nothing, and releases every goroutine on Close; that
 // deliver is never called once Close has returned; that Close releases every
-// goroutine, may be called twice, and makes Publish fail; and that
-// Instance.Report is never given a nil error.
+// goroutine, may be called twice, and makes Publish fail; that
+// Instance.Report is never given a nil error; and that every payload an
+// instance receives is counted through Instance.Inbound, at its size or more
+// (an envelope is larger than the body it carries).
 //
 // Clients that newSync shares between instances (a Redis client, a pool) are
 // best made before RunDriverTests is called: one case checks that no more
@@ -70,6 +72,7 @@ func RunDriverTests(t *testing.T, newSync func(tb testing.TB, channel string) ed
 	t.Run("PublishOnlyInstanceRelaysOut", s.testPublishOnly)
 	t.Run("NoDeliveryAfterClose", s.testNoDeliveryAfterClose)
 	t.Run("CloseReleasesEverything", s.testCloseReleases)
+	t.Run("InboundCountsWhatArrives", s.testInboundCounted)
 }
 
 type driverSuite struct {
@@ -97,6 +100,8 @@ type instance struct {
 	closed    atomic.Bool  // set once Close has returned
 	late      atomic.Int64 // deliveries after Close returned
 	nilErrs   atomic.Int64 // Report calls with a nil error
+
+	inboundMsgs, inboundBytes atomic.Int64 // counted through Instance.Inbound
 
 	mu      sync.Mutex
 	reports []string
@@ -135,7 +140,7 @@ func (s *driverSuite) newPublisher(t *testing.T, name, channel string) *instance
 	if newDriver == nil {
 		t.Fatalf("%s: newSync returned a nil Sync", name)
 	}
-	d, err := buildDriver(newDriver, edge.Instance{ID: in.id, Report: in.report})
+	d, err := buildDriver(newDriver, edge.Instance{ID: in.id, Report: in.report, Inbound: in.inbound})
 	if err != nil {
 		t.Fatalf("%s: building the driver: %v", name, err)
 	}
@@ -190,6 +195,12 @@ func (in *instance) report(err error, stage edge.Stage) {
 	in.mu.Lock()
 	in.reports = append(in.reports, fmt.Sprintf("%s: %v", stage, err))
 	in.mu.Unlock()
+}
+
+// inbound is the instance's Instance.Inbound.
+func (in *instance) inbound(size int) {
+	in.inboundMsgs.Add(1)
+	in.inboundBytes.Add(int64(size))
 }
 
 // close closes the driver once and records that Close has returned.

@@ -31,6 +31,7 @@ func TestSuiteCatchesBrokenImplementations(t *testing.T) {
 		{"publish-needs-subscribe", []string{"PublishOnlyInstanceRelaysOut"}},
 		{"open-after-close", []string{"CloseReleasesEverything"}},
 		{"nil-report", []string{"RelayIsBidirectional", "DataSurvives"}},
+		{"uncounted", []string{"InboundCountsWhatArrives"}},
 		{"registry-no-stop", []string{"SubscribersStopEarly"}},
 		{"registry-no-expiry", []string{"ExpiredConnectionIsGone"}},
 		{"registry-keeps-subscriptions", []string{"RemoveDropsEverySubscription"}},
@@ -77,6 +78,9 @@ func TestBroken(t *testing.T) {
 		}
 		sync := memsync.New(memsync.Options{Bus: &bus, Channel: channel})
 		return func(inst edge.Instance) (edge.Driver, error) {
+			if broken == "uncounted" {
+				inst.Inbound = nil
+			}
 			d, err := sync(inst)
 			if err != nil {
 				return nil, err

@@ -76,6 +76,11 @@ type Options struct {
 	// only the messages of the topics its Hub routes, as a routed driver
 	// over a network does, so that routed clusters can be tried and tested
 	// in one process. Every instance of a channel should agree on it.
+	//
+	// The Bus plays the broker: an instance counts (edge.Instance.Inbound)
+	// the messages the Bus hands it, every message of the channel but its
+	// own in broadcast mode and only those of its routed topics in routed
+	// mode, each as the size of its body, since nothing is encoded.
 	Routed bool
 }
 
@@ -216,6 +221,9 @@ func (d *driver) receive(msgs []edge.Message) {
 			}
 		}
 		msgs = wanted
+	}
+	for _, msg := range msgs {
+		d.inst.CountInbound(len(msg.Data.Bytes))
 	}
 	d.inflight.Add(1)
 	d.mu.Unlock()

@@ -219,6 +219,7 @@ func New(opts Options) edge.Sync {
 			maxBytes: opts.MaxMessageBytes,
 			id:       inst.ID,
 			report:   inst.Report,
+			inbound:  inst.CountInbound,
 			echo:     []byte(envelope.EchoPrefix(inst.ID)),
 			interval: defaultCheckInterval,
 			timeout:  defaultCheckTimeout,
@@ -248,6 +249,7 @@ type driver struct {
 	maxBytes int
 	id       string
 	report   func(error, edge.Stage)
+	inbound  func(size int) // edge.Instance.CountInbound
 	echo     []byte
 	interval time.Duration // see defaultCheckInterval
 	timeout  time.Duration // see defaultCheckTimeout
@@ -546,6 +548,7 @@ func (d *driver) handle(payload []byte, deliver func(edge.Message)) {
 	if d.quiet {
 		return
 	}
+	d.inbound(len(payload)) // every payload, before it is filtered
 	if len(payload) > d.maxBytes {
 		d.report(fmt.Errorf("natssync: dropped a %d-byte payload on %q: larger than MaxMessageBytes (%d)",
 			len(payload), d.wildcard, d.maxBytes), edge.StageDelivery)

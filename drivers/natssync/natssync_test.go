@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -347,73 +345,6 @@ func TestClosedConnection(t *testing.T) {
 	}
 }
 
-// freePort returns a TCP port of 127.0.0.1 that nothing listens on.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
-}
-
-// natsServer is a nats-server child process of the test.
-type natsServer struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-// startNATS starts nats-server on port and waits until it answers.
-func startNATS(t *testing.T, path, port string) *natsServer {
-	t.Helper()
-	cmd := exec.Command(path, "-a", "127.0.0.1", "-p", port)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting nats-server: %v", err)
-	}
-	s := &natsServer{cmd: cmd, exited: make(chan struct{})}
-	go func() { cmd.Wait(); close(s.exited) }()
-	t.Cleanup(s.stop)
-
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		nc, err := nats.Connect("nats://127.0.0.1:"+port, nats.NoReconnect(), nats.Timeout(time.Second))
-		if err == nil {
-			nc.Close()
-			return s
-		}
-		select {
-		case <-tick.C:
-		case <-s.exited:
-			t.Fatalf("nats-server on port %s exited: %v", port, cmd.ProcessState)
-		case <-deadline.C:
-			t.Fatalf("nats-server on port %s did not answer within %v: %v", port, waitTimeout, err)
-		}
-	}
-}
-
-// stop kills the server and waits until it has exited.
-func (s *natsServer) stop() {
-	s.cmd.Process.Kill()
-	<-s.exited
-}
-
-// natsServerPath returns the nats-server binary, or skips t without one.
-func natsServerPath(t *testing.T) string {
-	t.Helper()
-	for _, p := range []string{"nats-server", "/usr/sbin/nats-server"} {
-		if path, err := exec.LookPath(p); err == nil {
-			return path
-		}
-	}
-	testenv.Unavailable(t, "nats-server is not installed")
-	return ""
-}
-
 // reconnecting are the options of a connection that comes back quickly and
 // for ever.
 func reconnecting() []nats.Option {
@@ -424,10 +355,8 @@ func reconnecting() []nats.Option {
 // resumes.
 func TestServerRestart(t *testing.T) {
 	t.Parallel()
-	path := natsServerPath(t)
-	port := freePort(t)
-	server := startNATS(t, path, port)
-	url := "nats://127.0.0.1:" + port
+	server := testenv.StartNATS(t)
+	url := server.URL
 	channel := testenv.Channel(t)
 	a, aLog := newHub(t, natssync.New(natssync.Options{Conn: connectTo(t, url, reconnecting()...), Channel: channel}))
 	b, bLog := newHub(t, natssync.New(natssync.Options{Conn: connectTo(t, url, reconnecting()...), Channel: channel}))
@@ -435,9 +364,9 @@ func TestServerRestart(t *testing.T) {
 	stop := testenv.Stream(t, a, "/ns", "t")
 	got.WaitFor(t, "the stream", func() bool { return got.HasPrefix("stream-") })
 
-	server.stop()
+	server.Stop()
 	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
-	startNATS(t, path, port)
+	server.Restart(t)
 	testenv.RelayUntilDelivered(t, a, got, "/ns", "t")
 	stop()
 	for _, l := range []struct {

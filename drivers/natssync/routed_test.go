@@ -256,10 +256,8 @@ func TestRoutedChurnLeaksNoSubscription(t *testing.T) {
 // routed during the outage.
 func TestRoutedServerRestart(t *testing.T) {
 	t.Parallel()
-	path := natsServerPath(t)
-	port := freePort(t)
-	server := startNATS(t, path, port)
-	url := "nats://127.0.0.1:" + port
+	server := testenv.StartNATS(t)
+	url := server.URL
 	channel := testenv.Channel(t)
 	a, _ := newHub(t, natssync.New(natssync.Options{Conn: connectTo(t, url, reconnecting()...), Channel: channel, Routed: true}))
 	bConn := connectTo(t, url, reconnecting()...)
@@ -271,12 +269,12 @@ func TestRoutedServerRestart(t *testing.T) {
 		testenv.RelayUntilDelivered(t, a, got, "/ns", topic)
 	}
 
-	server.stop()
+	server.Stop()
 	t.Logf("reported: %v", bLog.Await(t, edge.StageSubscribe, 0, waitTimeout))
 	// Routed while the server is down.
 	n, during := joinTopics(t, b, "/ns", "k-during")
 	probe.Settle()
-	startNATS(t, path, port)
+	server.Restart(t)
 	members := []*edge.Member{m, n}
 	for _, topic := range topics {
 		mm, s := joinTopics(t, b, "/ns", topic) // a sink with nothing yet

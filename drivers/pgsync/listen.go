@@ -214,6 +214,7 @@ func (d *driver) receiveUntil(ctx, wait context.Context, conn *pgx.Conn, deliver
 // handle delivers one notification, or drops it and reports why. It returns
 // an error only when conn has failed.
 func (d *driver) handle(ctx context.Context, conn *pgx.Conn, payload string, deliver func(edge.Message)) error {
+	d.inst.CountInbound(len(payload)) // every notification, before it is filtered
 	if len(payload) > d.maxBytes {
 		d.drop(len(payload), fmt.Errorf("more than MaxMessageBytes (%d)", d.maxBytes))
 		return nil

@@ -278,6 +278,7 @@ func New(opts Options) edge.Sync {
 			maxBytes: opts.MaxMessageBytes,
 			id:       inst.ID,
 			report:   inst.Report,
+			inbound:  inst.CountInbound,
 			interval: defaultProbeInterval,
 			timeout:  defaultProbeTimeout,
 		}
@@ -314,6 +315,7 @@ type driver struct {
 	maxBytes int
 	id       string
 	report   func(error, edge.Stage)
+	inbound  func(size int) // edge.Instance.CountInbound
 	echo     string
 	probe    string        // how the instance's own probes begin, up to their number
 	interval time.Duration // see defaultProbeInterval
@@ -740,6 +742,7 @@ func isTimeout(err error) bool {
 // echo. It returns scratch, the buffer the payload is copied into, for the
 // next call.
 func (d *driver) handle(payload string, deliver func(edge.Message), scratch []byte) []byte {
+	d.inbound(len(payload)) // every payload, before it is filtered
 	if len(payload) > d.maxBytes {
 		d.report(fmt.Errorf("redissync: dropped a %d-byte payload on %q: larger than MaxMessageBytes (%d)",
 			len(payload), d.channel, d.maxBytes), edge.StageDelivery)

@@ -109,6 +109,13 @@
 // of its own for each instance, made with nats.NoEcho: the server then does
 // not send an instance its own messages back, which the driver would
 // otherwise receive and drop.
+//
+// On a NATS cluster, give each connection every node's URL (nats.Connect
+// takes them comma-separated) so that it fails over to another node. A
+// subscription is confirmed by the node the connection is on; the node
+// passes it to the others in the background, so a message published on
+// another node in the first moments after Subscribe returned can miss it,
+// as a message published while an instance is not subscribed does.
 package natssync
 
 import (

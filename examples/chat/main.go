@@ -92,6 +92,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -123,6 +124,8 @@ type config struct {
 	name        string        // the instance attribute, "" for "vm " and the listen address
 	presenceTTL time.Duration // 0 means edge.DefaultPresenceTTL
 	debug       string        // loopback address serving net/http/pprof, "" for none
+	clientRate  int           // messages a second one client may send, -1 for no limit
+	clientBytes int           // bytes a second one client may send, -1 for no limit
 }
 
 func main() {
@@ -153,15 +156,15 @@ Serves a chat room at http://ADDR/ and its WebSocket endpoint at /_ws.
 With -redis, -redis-cluster, -postgres, -nats or -cluster (one at most),
 instances on the same channel form one room; -routed (Redis, Redis Cluster,
 Postgres, NATS) relays by topic. With -apigw-endpoint and -redis,
--redis-cluster or -postgres, the
-clients of examples/chat-lambda behind that API Gateway WebSocket API are
-in the room too (AWS credentials from the default chain; dummy ones for
-a local emulator at a loopback http URL when none are configured).
-The flags default to environment variables: EDGESYNC_REDIS_URL,
-EDGESYNC_REDIS_CLUSTER, EDGESYNC_POSTGRES_URL, EDGESYNC_NATS_URL, EDGESYNC_CLUSTER_SOCKET,
-EDGESYNC_ROUTED (1 for on), EDGESYNC_CHANNEL,
-EDGESYNC_SECRET, EDGESYNC_APIGW_ENDPOINT, EDGESYNC_INSTANCE_NAME and
-EDGESYNC_PRESENCE_TTL. SIGINT or SIGTERM stops the server.
+-redis-cluster or -postgres, the clients of examples/chat-lambda behind
+that API Gateway WebSocket API are in the room too (AWS credentials from
+the default chain; dummy ones for a local emulator at a loopback http URL
+when none are configured). The flags default to environment variables:
+EDGESYNC_REDIS_URL, EDGESYNC_REDIS_CLUSTER, EDGESYNC_POSTGRES_URL,
+EDGESYNC_NATS_URL, EDGESYNC_CLUSTER_SOCKET, EDGESYNC_ROUTED (1 for on),
+EDGESYNC_CHANNEL, EDGESYNC_SECRET, EDGESYNC_APIGW_ENDPOINT,
+EDGESYNC_INSTANCE_NAME, EDGESYNC_PRESENCE_TTL, EDGESYNC_CLIENT_RATE and
+EDGESYNC_CLIENT_BYTES_RATE. SIGINT or SIGTERM stops the server.
 
 Flags:
 `)
@@ -181,6 +184,10 @@ Flags:
 	ttl, ttlErr := envDuration(getenv, "EDGESYNC_PRESENCE_TTL", edge.DefaultPresenceTTL)
 	fs.DurationVar(&cfg.presenceTTL, "presence-ttl", ttl, "how long the room lists the clients of a server that died")
 	fs.StringVar(&cfg.debug, "debug", "", "serve net/http/pprof at this loopback `address` (for tools measuring the server, such as tests/load)")
+	rate, rateErr := envInt(getenv, "EDGESYNC_CLIENT_RATE", longlived.DefaultMessagesPerSecond)
+	fs.IntVar(&cfg.clientRate, "client-rate", rate, "messages a second one client may send, sustained; a faster client is slowed down, not dropped (-1: no limit)")
+	bytesRate, bytesErr := envInt(getenv, "EDGESYNC_CLIENT_BYTES_RATE", longlived.DefaultBytesPerSecond)
+	fs.IntVar(&cfg.clientBytes, "client-bytes-rate", bytesRate, "bytes of messages a second one client may send, sustained (-1: no limit)")
 	fail := func(err error) (config, error) {
 		fmt.Fprintln(fs.Output(), err)
 		fs.Usage()
@@ -191,6 +198,15 @@ Flags:
 	}
 	if ttlErr != nil && !flagSet(fs, "presence-ttl") {
 		return fail(ttlErr)
+	}
+	if rateErr != nil && !flagSet(fs, "client-rate") {
+		return fail(rateErr)
+	}
+	if bytesErr != nil && !flagSet(fs, "client-bytes-rate") {
+		return fail(bytesErr)
+	}
+	if cfg.clientRate == 0 || cfg.clientRate < -1 || cfg.clientBytes == 0 || cfg.clientBytes < -1 {
+		return fail(fmt.Errorf("-client-rate %d, -client-bytes-rate %d: want a positive number, or -1 for no limit", cfg.clientRate, cfg.clientBytes))
 	}
 	if cfg.presenceTTL < minPresenceTTL {
 		return fail(fmt.Errorf("-presence-ttl %v: want %v or more", cfg.presenceTTL, minPresenceTTL))
@@ -226,6 +242,20 @@ func envDuration(getenv func(string) string, key string, def time.Duration) (tim
 		return def, fmt.Errorf("%s: %w", key, err)
 	}
 	return d, nil
+}
+
+// envInt returns the integer in the environment variable key, def when it
+// is empty.
+func envInt(getenv func(string) string, key string, def int) (int, error) {
+	v := getenv(key)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return def, fmt.Errorf("%s: %w", key, err)
+	}
+	return n, nil
 }
 
 // flagSet reports whether the command line set the flag name.
@@ -277,6 +307,7 @@ func run(cfg config) error {
 	defer hub.Close() // after the front end: whoever makes the hub closes it
 	name := cmp.Or(cfg.name, instanceName(ln.Addr()))
 	ws := longlived.New(hub, chatroom.Hooks(hub, name))
+	ws.MessagesPerSecond, ws.BytesPerSecond = cfg.clientRate, cfg.clientBytes
 	srv := &http.Server{Handler: newServer(ws), ReadHeaderTimeout: 10 * time.Second}
 	// Browsers open connections ahead of need; one that never sent a
 	// request would hold Shutdown for five seconds, the time net/http

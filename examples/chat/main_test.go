@@ -185,6 +185,31 @@ func TestParseConfig(t *testing.T) {
 	}
 }
 
+func TestParseClientRates(t *testing.T) {
+	none := func(string) string { return "" }
+	cfg, err := parseConfig(nil, none, io.Discard)
+	if err != nil || cfg.clientRate != longlived.DefaultMessagesPerSecond || cfg.clientBytes != longlived.DefaultBytesPerSecond {
+		t.Fatalf("default client rates %d, %d, %v", cfg.clientRate, cfg.clientBytes, err)
+	}
+	env := map[string]string{"EDGESYNC_CLIENT_RATE": "20000", "EDGESYNC_CLIENT_BYTES_RATE": "-1"}
+	cfg, err = parseConfig(nil, func(k string) string { return env[k] }, io.Discard)
+	if err != nil || cfg.clientRate != 20000 || cfg.clientBytes != -1 {
+		t.Fatalf("client rates from the environment %d, %d, %v", cfg.clientRate, cfg.clientBytes, err)
+	}
+	cfg, err = parseConfig([]string{"-client-rate", "-1"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil || cfg.clientRate != -1 {
+		t.Fatalf("-client-rate -1: %d, %v", cfg.clientRate, err)
+	}
+	for _, args := range [][]string{{"-client-rate", "0"}, {"-client-bytes-rate", "-2"}, {"-client-rate", "x"}} {
+		if _, err := parseConfig(args, none, io.Discard); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+	if _, err := parseConfig(nil, func(k string) string { return map[string]string{"EDGESYNC_CLIENT_RATE": "fast"}[k] }, io.Discard); err == nil {
+		t.Error("EDGESYNC_CLIENT_RATE=fast accepted")
+	}
+}
+
 // The tests below run the chat as users do: the built command, as an OS
 // process.
 

@@ -34,6 +34,8 @@ type config struct {
 	postgresURL string
 	natsURL     string
 	routed      bool
+	clientRate  int // the chat servers' -client-rate, 0 for their default
+	clientBytes int // the chat servers' -client-bytes-rate, 0 for their default
 	instances   int
 	// instancesSet records that -instances was given.
 	instancesSet bool
@@ -96,6 +98,8 @@ Flags:
 	fs.StringVar(&c.postgresURL, "postgres", cmp.Or(getenv("EDGESYNC_POSTGRES_URL"), defaultPostgresURL), "Postgres `URL` for -backplane postgres")
 	fs.StringVar(&c.natsURL, "nats", cmp.Or(getenv("EDGESYNC_NATS_URL"), defaultNATSURL), "NATS `URL` for -backplane nats")
 	fs.BoolVar(&c.routed, "routed", false, "run the servers with -routed (redis, postgres, nats)")
+	fs.IntVar(&c.clientRate, "client-rate", 0, "run the chat servers with this -client-rate: messages a second one client may send (-1: no limit; 0: the chat's default, 1000)")
+	fs.IntVar(&c.clientBytes, "client-bytes-rate", 0, "run the chat servers with this -client-bytes-rate: bytes a second one client may send (-1: no limit; 0: the chat's default, 1 MiB)")
 	fs.IntVar(&c.instances, "instances", 2, "chat servers to start (-target chat)")
 	fs.IntVar(&c.procs, "procs", 2, "Lambda processes under the emulator (-target lambda)")
 	fs.IntVar(&c.topics, "topics", 1, "topics (chat rooms)")

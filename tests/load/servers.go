@@ -109,6 +109,12 @@ func backplaneArgs(cfg *config, socket string) []string {
 	if cfg.routed {
 		args = append(args, "-routed")
 	}
+	if cfg.clientRate != 0 {
+		args = append(args, "-client-rate", strconv.Itoa(cfg.clientRate))
+	}
+	if cfg.clientBytes != 0 {
+		args = append(args, "-client-bytes-rate", strconv.Itoa(cfg.clientBytes))
+	}
 	return args
 }
 

@@ -117,7 +117,7 @@ func startEmulator(t *testing.T, fn string, procs int, env ...string) string {
 		args = append(args, "-env", kv)
 	}
 	cmd := exec.Command(bin, append(append(args, "--"), fn)...)
-	cmd.Env = append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL=")
+	cmd.Env = testenv.ChildEnv()
 	cmd.Stderr = testLog{t, "apigw-emulator"}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -126,7 +126,8 @@ func startEmulator(t *testing.T, fn string, procs int, env ...string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
+	var exitErr error
+	exited := make(chan struct{}) // closed once the emulator has exited; exitErr is then set
 	url := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -135,14 +136,15 @@ func startEmulator(t *testing.T, fn string, procs int, env ...string) string {
 				url <- m[1]
 			}
 		}
-		exited <- cmd.Wait()
+		exitErr = cmd.Wait()
+		close(exited)
 	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("apigw-emulator: %v", err)
+		case <-exited:
+			if exitErr != nil {
+				t.Errorf("apigw-emulator: %v", exitErr)
 			}
 		case <-time.After(wait):
 			_ = cmd.Process.Kill()
@@ -153,8 +155,8 @@ func startEmulator(t *testing.T, fn string, procs int, env ...string) string {
 	select {
 	case u := <-url:
 		return u
-	case err := <-exited:
-		t.Fatalf("apigw-emulator exited: %v", err)
+	case <-exited:
+		t.Fatalf("apigw-emulator exited: %v", exitErr)
 	case <-time.After(wait):
 		t.Fatal("apigw-emulator did not start")
 	}

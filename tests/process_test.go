@@ -149,7 +149,7 @@ func startProgram(t *testing.T, bin string, listening *regexp.Regexp, env []stri
 	t.Helper()
 	name := filepath.Base(bin)
 	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, args...)...)
-	cmd.Env = append(append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL="), env...)
+	cmd.Env = testenv.ChildEnv(env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +158,8 @@ func startProgram(t *testing.T, bin string, listening *regexp.Regexp, env []stri
 		t.Fatal(err)
 	}
 	p := &chatProcess{cmd: cmd}
-	exited := make(chan error, 1)
+	var exitErr error
+	exited := make(chan struct{}) // closed once the process has exited; exitErr is then set
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -168,21 +169,30 @@ func startProgram(t *testing.T, bin string, listening *regexp.Regexp, env []stri
 				addr <- m[1]
 			}
 		}
-		exited <- cmd.Wait()
+		exitErr = cmd.Wait()
+		close(exited)
 	}()
 	t.Cleanup(func() {
 		if !p.killed {
 			cmd.Process.Signal(syscall.SIGTERM)
 		}
-		if err := <-exited; err != nil && !p.killed {
-			t.Errorf("%s exited: %v", name, err)
+		select {
+		case <-exited:
+		case <-time.After(wait):
+			cmd.Process.Kill()
+			<-exited
+			t.Errorf("%s did not stop within %v of SIGTERM", name, wait)
+			return
+		}
+		if exitErr != nil && !p.killed {
+			t.Errorf("%s exited: %v", name, exitErr)
 		}
 	})
 	select {
 	case p.addr = <-addr:
 		return p
-	case err := <-exited:
-		t.Fatalf("%s exited before listening: %v", name, err)
+	case <-exited:
+		t.Fatalf("%s exited before listening: %v", name, exitErr)
 	case <-time.After(wait):
 		t.Fatalf("%s did not listen", name)
 	}

@@ -242,7 +242,7 @@ var listening = regexp.MustCompile(`chat listening addr=(\S+)`)
 func startProcess(t *testing.T) (cmd *exec.Cmd, addr string, exited <-chan error) {
 	t.Helper()
 	cmd = exec.Command(binary(t), "-addr", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "EDGESYNC_REDIS_URL=", "EDGESYNC_POSTGRES_URL=", "EDGESYNC_CLUSTER_SOCKET=", "EDGESYNC_APIGW_ENDPOINT=")
+	cmd.Env = testenv.ChildEnv()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -111,21 +111,7 @@ func Open(ctx context.Context, cfg Config) (*Backplane, error) {
 			return nil, fmt.Errorf("-redis: %w", err)
 		}
 		opts.ContextTimeoutEnabled = true // a relay gives up at the hub's PublishTimeout
-		client := redis.NewClient(opts)
-		reg, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: cfg.Channel})
-		if err != nil {
-			client.Close()
-			return nil, err
-		}
-		presence, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: PresenceChannel(cfg.Channel)})
-		if err != nil {
-			client.Close()
-			return nil, err
-		}
-		return &Backplane{
-			Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys, Routed: cfg.Routed}),
-			Registry: reg, Presence: presence, Name: "redis", close: func() { client.Close() },
-		}, nil
+		return redisBackplane(redis.NewClient(opts), "redis", cfg, keys)
 	case cfg.RedisCluster != "":
 		var addrs []string
 		for _, a := range strings.Split(cfg.RedisCluster, ",") {
@@ -136,21 +122,7 @@ func Open(ctx context.Context, cfg Config) (*Backplane, error) {
 		if len(addrs) == 0 {
 			return nil, errors.New("-redis-cluster: no HOST:PORT address")
 		}
-		client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true})
-		reg, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: cfg.Channel})
-		if err != nil {
-			client.Close()
-			return nil, err
-		}
-		presence, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: PresenceChannel(cfg.Channel)})
-		if err != nil {
-			client.Close()
-			return nil, err
-		}
-		return &Backplane{
-			Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys, Routed: cfg.Routed}),
-			Registry: reg, Presence: presence, Name: "redis-cluster", close: func() { client.Close() },
-		}, nil
+		return redisBackplane(redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true}), "redis-cluster", cfg, keys)
 	case cfg.Postgres != "":
 		pool, err := pgxpool.New(ctx, cfg.Postgres)
 		if err != nil {
@@ -241,4 +213,24 @@ func (cfg Config) Check() error {
 		return ErrRoutedBackplane
 	}
 	return nil
+}
+
+// redisBackplane returns the Backplane named name on client: its driver and
+// the Registries of its channel and of its presence records. It closes
+// client on an error.
+func redisBackplane(client redis.UniversalClient, name string, cfg Config, keys [][]byte) (*Backplane, error) {
+	reg, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: cfg.Channel})
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	presence, err := redissync.NewRegistry(redissync.RegistryOptions{Client: client, Channel: PresenceChannel(cfg.Channel)})
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	return &Backplane{
+		Sync:     redissync.New(redissync.Options{Client: client, Channel: cfg.Channel, Keys: keys, Routed: cfg.Routed}),
+		Registry: reg, Presence: presence, Name: name, close: func() { client.Close() },
+	}, nil
 }

@@ -64,11 +64,20 @@ func TestParseQuery(t *testing.T) {
 // returns its WebSocket URL.
 func startRoom(t *testing.T) string {
 	t.Helper()
-	hub, err := edge.New(edge.Options{})
+	_, u := serveRoom(t, edge.Options{}, "vm test")
+	return u
+}
+
+// serveRoom serves the room, as instance, on a hub made with opts on a
+// long-lived server, and returns the hub and its WebSocket URL; both are
+// closed at cleanup.
+func serveRoom(t *testing.T, opts edge.Options, instance string) (*edge.Hub, string) {
+	t.Helper()
+	hub, err := edge.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws := longlived.New(hub, chatroom.Hooks(hub, "vm test"))
+	ws := longlived.New(hub, chatroom.Hooks(hub, instance))
 	srv := httptest.NewServer(ws)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -79,7 +88,7 @@ func startRoom(t *testing.T) string {
 		srv.Close()
 		hub.Close()
 	})
-	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/"
+	return hub, "ws" + strings.TrimPrefix(srv.URL, "http") + "/"
 }
 
 // startRoutedRooms serves the room on two hubs of a routed in-memory
@@ -89,22 +98,8 @@ func startRoutedRooms(t *testing.T) (hubs [2]*edge.Hub, urls [2]string) {
 	t.Helper()
 	bus := new(memsync.Bus)
 	for i := range hubs {
-		hub, err := edge.New(edge.Options{Sync: memsync.New(memsync.Options{Bus: bus, Channel: t.Name(), Routed: true})})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ws := longlived.New(hub, chatroom.Hooks(hub, fmt.Sprintf("vm %d", i)))
-		srv := httptest.NewServer(ws)
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), wait)
-			defer cancel()
-			if err := ws.Close(ctx); err != nil {
-				t.Errorf("close: %v", err)
-			}
-			srv.Close()
-			hub.Close()
-		})
-		hubs[i], urls[i] = hub, "ws"+strings.TrimPrefix(srv.URL, "http")+"/"
+		opts := edge.Options{Sync: memsync.New(memsync.Options{Bus: bus, Channel: t.Name(), Routed: true})}
+		hubs[i], urls[i] = serveRoom(t, opts, fmt.Sprintf("vm %d", i))
 	}
 	return hubs, urls
 }

@@ -292,18 +292,6 @@ func TestResubscribeAfterClientKill(t *testing.T) {
 	}
 }
 
-// freePort returns a TCP port of 127.0.0.1 that nothing listens on.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
-}
-
 // redisServer is a redis-server child process of the test.
 type redisServer struct {
 	cmd    *exec.Cmd
@@ -353,7 +341,7 @@ func TestResubscribeAfterServerRestart(t *testing.T) {
 	if err != nil {
 		testenv.Unavailable(t, "redis-server is not installed: "+err.Error())
 	}
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	server := startRedis(t, path, port)
 	client := openClient(t, &redis.Options{Addr: "127.0.0.1:" + port})
 	channel := testenv.Channel(t)
@@ -377,7 +365,7 @@ func TestResubscribeAfterServerRestart(t *testing.T) {
 // StageSubscribe and delivers locally.
 func TestUnreachableAtStart(t *testing.T) {
 	t.Parallel()
-	client := openClient(t, &redis.Options{Addr: "127.0.0.1:" + freePort(t)})
+	client := openClient(t, &redis.Options{Addr: "127.0.0.1:" + testenv.FreePort(t)})
 	hub, log := newHub(t, redissync.Options{Client: client, Channel: testenv.Channel(t)})
 	t.Logf("reported: %v", log.Await(t, edge.StageSubscribe, 0, waitTimeout))
 

@@ -179,20 +179,12 @@ func (r *router) pass(ctx context.Context, apply func(ctx context.Context, sub, 
 
 // subscribeFirst sends the first SUBSCRIBE of ps: the buckets routed so far,
 // then listen.
+// subMu is held until SUBSCRIBE is sent, so that no change of routes goes
+// out on ps before it.
 func (r *router) subscribeFirst(ctx context.Context, ps *redis.PubSub, listen string) error {
 	r.subMu.Lock()
 	defer r.subMu.Unlock()
-	var channels []string
-	// Nothing is subscribed yet: what lingers has nothing to release.
-	subscribe, _, _ := r.table.Take(r.clock())
-	for _, b := range subscribe {
-		r.subbed[b] = struct{}{}
-		channels = append(channels, r.name(b))
-	}
-	if r.count != nil {
-		r.count(len(channels), 0)
-	}
-	return ps.Subscribe(ctx, append(channels, listen)...)
+	return ps.Subscribe(ctx, append(r.takeFirstLocked(), listen)...)
 }
 
 // subscribed returns the bucket channels subscribed now. subMu is held.
@@ -205,11 +197,18 @@ func (r *router) subscribed() []string {
 }
 
 // takeFirst marks the buckets routed so far as subscribed and returns their
-// channels, for a first subscription made elsewhere than subscribeFirst.
+// channels, for the first subscription (subscribeFirst, or one per shard on
+// a Redis Cluster).
 func (r *router) takeFirst() []string {
 	r.subMu.Lock()
 	defer r.subMu.Unlock()
+	return r.takeFirstLocked()
+}
+
+// takeFirstLocked is takeFirst with subMu held.
+func (r *router) takeFirstLocked() []string {
 	var channels []string
+	// Nothing is subscribed yet: what lingers has nothing to release.
 	subscribe, _, _ := r.table.Take(r.clock())
 	for _, b := range subscribe {
 		r.subbed[b] = struct{}{}

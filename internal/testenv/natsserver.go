@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os/exec"
@@ -36,7 +37,28 @@ type NATSServer struct {
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
+	out    *headBuffer   // the start of cmd's output
 	exited chan struct{} // closed when cmd has exited
+}
+
+// headBuffer keeps the first bytes written to it, enough for a server's
+// start-up messages, and drops the rest.
+type headBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *headBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p[:min(len(p), max(0, 8<<10-len(b.buf)))]...)
+	return len(p), nil
+}
+
+func (b *headBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
 }
 
 // StartNATS starts a nats-server of the test's own and waits until it
@@ -45,7 +67,8 @@ type NATSServer struct {
 func StartNATS(t testing.TB) *NATSServer {
 	t.Helper()
 	path := natsServerPath(t)
-	port, mport := FreePort(t), FreePort(t)
+	ports := freePorts(t, 2)
+	port, mport := ports[0], ports[1]
 	s := &NATSServer{
 		URL:     "nats://127.0.0.1:" + port,
 		path:    path,
@@ -67,10 +90,11 @@ func StartNATSCluster(t testing.TB, n int) []*NATSServer {
 		t.Fatalf("StartNATSCluster: %d nodes", n)
 	}
 	path := natsServerPath(t)
-	name := "edgesync-test-" + strconv.Itoa(n) + "-" + FreePort(t)
+	name := fmt.Sprintf("edgesync-test-%d-%d", n, rand.Uint64())
 	nodes := make([]*NATSServer, n)
+	ports := freePorts(t, 3*n)
 	for i := range nodes {
-		port, cport, mport := FreePort(t), FreePort(t), FreePort(t)
+		port, cport, mport := ports[3*i], ports[3*i+1], ports[3*i+2]
 		nodes[i] = &NATSServer{
 			URL:        "nats://127.0.0.1:" + port,
 			ClusterURL: "nats://127.0.0.1:" + cport,
@@ -127,13 +151,15 @@ func (s *NATSServer) Restart(t testing.TB) {
 func (s *NATSServer) start(t testing.TB) {
 	t.Helper()
 	cmd := exec.Command(s.path, s.args...)
+	out := new(headBuffer)
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting nats-server: %v", err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
 	s.mu.Lock()
-	s.cmd, s.exited = cmd, exited
+	s.cmd, s.out, s.exited = cmd, out, exited
 	s.mu.Unlock()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
@@ -159,7 +185,7 @@ func (s *NATSServer) Stop() {
 func (s *NATSServer) waitReady(t testing.TB, routes int) {
 	t.Helper()
 	s.mu.Lock()
-	exited := s.exited
+	exited, out := s.exited, s.out
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), natsStartTimeout)
 	defer cancel()
@@ -173,7 +199,7 @@ func (s *NATSServer) waitReady(t testing.TB, routes int) {
 		select {
 		case <-tick.C:
 		case <-exited:
-			t.Fatalf("nats-server %s exited: %v", s.URL, last)
+			t.Fatalf("nats-server %s exited: %v\n%s", s.URL, last, out)
 		case <-ctx.Done():
 			t.Fatalf("nats-server %s not ready within %v: %v", s.URL, natsStartTimeout, last)
 		}
@@ -234,16 +260,27 @@ func (s *NATSServer) Routes(ctx context.Context) (int, error) {
 	return rz.NumRoutes, nil
 }
 
-// FreePort returns a TCP port of 127.0.0.1 that nothing listens on now.
+// FreePort returns a TCP port of 127.0.0.1 that nothing listens on now,
+// for a child process to listen on. It is drawn below the kernel's
+// ephemeral range, so that no outgoing connection of a test, and no ":0"
+// listener, takes it before the child binds it.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return freePorts(t, 1)[0]
+}
+
+// freePorts returns n different ports as FreePort chooses them.
+func freePorts(t testing.TB, n int) []string {
+	t.Helper()
+	ports, err := freeLoopbackPorts(n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
+	s := make([]string, n)
+	for i, p := range ports {
+		s[i] = strconv.Itoa(p)
+	}
+	return s
 }
 
 // natsServerPath returns the nats-server binary, or skips t without one.

@@ -2,6 +2,7 @@ package longlived
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -55,6 +56,59 @@ type batchWriter struct {
 	buf       *[]byte // the batch, from pool while corked; nil otherwise
 	remaining uint64  // payload bytes of the frame under way still to come
 	lost      bool    // a frame header was split: frames are no longer followed
+	closeSent bool    // a close frame went by: no data frame may follow it
+	header    [10]byte
+}
+
+// errUnfollowed is what writeMessage returns when the frames written so far
+// can no longer be followed, so that a message must go through the
+// library's own writer.
+var errUnfollowed = errors.New("longlived: frames not followed")
+
+// writeMessage adds the frame of one message to the batch: the frame
+// coder/websocket makes of a message written with Conn.Write, byte for
+// byte (FIN, the opcode, the shortest length encoding, no mask: a server
+// sends none, and compression is never negotiated), without the library's
+// locks and checks for each message, which cost more than the system call
+// the batch saves. It is called between cork and uncork, by the writer
+// alone; frames the library writes meanwhile from other goroutines (pongs,
+// pings) are whole, and take their place between the messages. A message
+// that does not fit the batch goes out with what it holds, in one system
+// call. After a close frame it returns net.ErrClosed, as the library does.
+func (w *batchWriter) writeMessage(bin bool, p []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.closeSent:
+		return net.ErrClosed
+	case !w.corked || w.lost || w.remaining > 0:
+		return errUnfollowed
+	}
+	h := w.header[:0]
+	if bin {
+		h = append(h, 0x80|0x2)
+	} else {
+		h = append(h, 0x80|0x1)
+	}
+	switch n := len(p); {
+	case n < 126:
+		h = append(h, byte(n))
+	case n <= 0xffff:
+		h = binary.BigEndian.AppendUint16(append(h, 126), uint16(n))
+	default:
+		h = binary.BigEndian.AppendUint64(append(h, 127), uint64(n))
+	}
+	if w.buf == nil {
+		w.buf = w.get()
+	}
+	if len(*w.buf)+len(h)+len(p) <= batchBytes {
+		*w.buf = append(append(*w.buf, h...), p...)
+		return nil
+	}
+	bufs := net.Buffers{*w.buf, h, p}
+	_, err := bufs.WriteTo(w.conn)
+	*w.buf = (*w.buf)[:0]
+	return err
 }
 
 // Write implements io.Writer.
@@ -119,7 +173,7 @@ func (w *batchWriter) follow(p []byte) bool {
 			break
 		}
 		if p[0]&0x0f == 0x8 {
-			hold = false
+			hold, w.closeSent = false, true
 		}
 		switch p[1] & 0x7f {
 		case 126:

@@ -143,7 +143,8 @@ func TestBatchedWritesKeepTheFrames(t *testing.T) {
 
 // TestClientCloseDuringABatch: a client that closes while the writer is in
 // the middle of its batches gets the answer to its close frame, after whole
-// frames of the messages, and the peer ends with the client's status.
+// frames of the messages and with none after it, and the peer ends with
+// the client's status.
 func TestClientCloseDuringABatch(t *testing.T) {
 	s := start(t, edge.Hooks{}, func(h *longlived.Handler) { h.WriteQueueBytes = 64 << 20 })
 	rc := s.dialRaw(t, "/c", nil)
@@ -172,6 +173,10 @@ func TestClientCloseDuringABatch(t *testing.T) {
 		if op == opClose {
 			if !bytes.Equal(payload, []byte("\x03\xe8bye")) && !bytes.Equal(payload, []byte("\x03\xe8")) {
 				t.Fatalf("close frame %q, want status 1000", payload)
+			}
+			// Nothing follows a close frame: the connection ends.
+			if op, _, err := rc.readFrame(); err == nil {
+				t.Fatalf("a frame with opcode %d after the close frame", op)
 			}
 			break
 		}

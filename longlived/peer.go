@@ -357,7 +357,7 @@ func (p *peer) writeLoop() {
 }
 
 // writeBatch writes the messages of batch, gathered into one write to the
-// connection when it has deadlines (see batchWriter).
+// connection when it has deadlines (see batchWriter and its writeMessage).
 func (p *peer) writeBatch(batch []entry, deadline bool) error {
 	if !deadline {
 		return p.write(batch[0].d, false)
@@ -365,7 +365,13 @@ func (p *peer) writeBatch(batch []entry, deadline bool) error {
 	p.out.cork()
 	var err error
 	for _, e := range batch {
-		if err = p.write(e.d, true); err != nil {
+		err = p.out.writeMessage(e.d.Binary, e.d.Bytes)
+		if errors.Is(err, errUnfollowed) {
+			err = p.write(e.d, true)
+		} else if err != nil {
+			err = fmt.Errorf("longlived: write: %w", err)
+		}
+		if err != nil {
 			break
 		}
 	}

@@ -32,9 +32,9 @@ const readBufferSize = 1 << 10
 // peer's connection. While it is corked, what the library flushes (whole
 // frames: it flushes at the end of each) is appended to a buffer, which
 // uncork writes to the connection in one system call. So the writer, having
-// corked, writes every message it took from the queue with Conn.Write and
-// sends them all at once: the frames on the wire are those the library
-// makes, only the system calls change.
+// corked, adds every message it took from the queue to the batch, with
+// writeMessage, and sends them all at once: the frames on the wire are those
+// the library makes of the same messages, only the system calls change.
 //
 // The library also writes from other goroutines: pongs from the read loop,
 // pings, close frames. A ping or a pong written while the writer is corked

@@ -12,9 +12,15 @@
 // the peer joins the Hub in its namespace: Accept.Namespace, or by default the
 // request's URL path. Hooks.Open runs once it has joined, Hooks.Message for
 // every message it sends, in order, and Hooks.Close exactly once when the
-// connection has ended, after every other hook call for the peer. ServeHTTP
-// returns only when the connection has ended and every goroutine it started
-// has returned.
+// connection has ended, after every other hook call for the peer.
+//
+// ServeHTTP returns once the peer has joined: the connection is served on a
+// goroutine of its own, so that an idle peer does not also keep net/http's
+// serving goroutine and request (about 7 KiB). Middleware around the Handler
+// therefore sees the upgrade, not the life of the connection, and the
+// request's context ends when ServeHTTP returns. Handler.Close waits until
+// every peer's goroutines have returned; Hooks.Close tells when one peer has
+// ended.
 //
 // Open, Message and Close run on the connection's read goroutine: while a
 // hook runs, the peer's next message and its pongs wait, so a hook that blocks

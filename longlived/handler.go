@@ -145,7 +145,7 @@ type Handler struct {
 
 	mu      sync.Mutex
 	peers   map[*peer]struct{}
-	active  int           // ServeHTTP calls admitted and not yet returned
+	active  int           // upgrades admitted whose peer has not ended
 	closing bool          // Close has begun
 	idle    chan struct{} // closed once closing and active is 0
 }
@@ -246,9 +246,12 @@ func (h *Handler) runner() *edge.HookRunner {
 	return h.hooks
 }
 
-// ServeHTTP upgrades the request to a WebSocket connection and serves the
-// peer until the connection ends. Once Close has begun it answers 503
-// Service Unavailable.
+// ServeHTTP upgrades the request to a WebSocket connection, joins the peer
+// to the Hub and returns, leaving the peer to a goroutine of its own until
+// the connection ends: net/http's goroutine, request and connection state
+// are not kept for the life of the connection. Handler.Close waits for
+// those goroutines. Once Close has begun ServeHTTP answers 503 Service
+// Unavailable.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.Hub == nil {
 		http.Error(w, "longlived: Handler has no Hub", http.StatusInternalServerError)
@@ -258,7 +261,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "server closing", http.StatusServiceUnavailable)
 		return
 	}
-	defer h.leave()
+	served := false
+	defer func() {
+		if !served {
+			h.leave()
+		}
+	}()
 
 	accept, err := h.runner().Upgrade(r)
 	if err != nil {
@@ -302,7 +310,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	member.SetAttrs(p.attrs) // for Hub.Presence
 	p.member = member
 	h.track(p)
-	p.serve()
+	served = true
+	go func() {
+		defer h.leave()
+		p.serve()
+	}()
 }
 
 // refuse answers a refused upgrade: a *edge.Reject with its own response,
@@ -339,7 +351,7 @@ func headerTokens(values []string) []string {
 	return tokens
 }
 
-// enter admits a ServeHTTP call unless Close has begun.
+// enter admits an upgrade unless Close has begun.
 func (h *Handler) enter() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -365,7 +377,8 @@ func (h *Handler) track(p *peer) {
 	}
 }
 
-// leave ends a ServeHTTP call admitted by enter.
+// leave ends an upgrade admitted by enter: refused, failed, or its peer
+// served to the end.
 func (h *Handler) leave() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -465,16 +478,12 @@ func (w *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // shrinkBuffers replaces, in place, the reader and writer that the library
-// has from the hijack with smaller ones. They are net/http's, which it keeps
-// until ServeHTTP returns, so replacing the pointers would free nothing.
+// has from the hijack with smaller ones: net/http makes them 4 KiB each, and
+// the library holds the pointers, so replacing those would free nothing.
 // The writer's frames are gathered by the batchWriter, and the reader needs
 // little for an idle peer (see readBufferSize): so an idle peer holds 1.25
 // KiB of buffers instead of 8. It runs before the library has read or
-// written anything, and in a function of its own, so that the frame of
-// ServeHTTP, which stays on the stack for as long as the peer is
-// connected, does not grow.
-//
-//go:noinline
+// written anything.
 func (w *hijackRecorder) shrinkBuffers() {
 	if w.brw == nil || w.brw.Reader.Buffered() > 0 || w.brw.Writer.Buffered() > 0 {
 		return

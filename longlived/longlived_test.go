@@ -850,3 +850,51 @@ func TestPeerTopics(t *testing.T) {
 		t.Fatal("Send accepted invalid UTF-8 text")
 	}
 }
+
+// ServeHTTP hands the connection to a goroutine of the peer's own and
+// returns, so that net/http's serving goroutine and request do not stay
+// for the life of the connection; Handler.Close still waits for the peer.
+func TestServeHTTPReturnsWhileThePeerIsServed(t *testing.T) {
+	hub, err := edge.New(edge.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hub.Close() })
+	closed := make(chan int, 1)
+	h := longlived.New(hub, edge.Hooks{
+		Message: echo,
+		Close:   func(p edge.Peer, code int, reason string) { closed <- code },
+	})
+	returned := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		returned <- struct{}{}
+	}))
+	t.Cleanup(srv.Close)
+
+	c := dialOpts(t, "ws"+strings.TrimPrefix(srv.URL, "http")+"/", nil)
+	recv(t, returned, "ServeHTTP to return")
+	send(t, c, websocket.MessageText, "still here")
+	expectText(t, c, "still here")
+	select {
+	case code := <-closed:
+		t.Fatalf("Hooks.Close(%d) while the client is connected", code)
+	default:
+	}
+
+	go func() { _, _, _ = c.Read(context.Background()) }() // answers the close frame
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := h.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-closed:
+		if code != 1001 {
+			t.Errorf("Hooks.Close code %d, want 1001", code)
+		}
+	default:
+		t.Error("Handler.Close returned before Hooks.Close ran")
+	}
+	noPeerGoroutines(t)
+}

@@ -484,7 +484,7 @@ func (p *peer) ping() {
 	p.mu.Unlock()
 }
 
-// serve runs the connection on the ServeHTTP goroutine until it ends, then
+// serve runs the connection, on a goroutine of its own, until it ends, then
 // leaves the Hub and calls Hooks.Close.
 func (p *peer) serve() {
 	defer p.h.untrack(p)

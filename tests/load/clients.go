@@ -2,17 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"math/bits"
-	"net/http"
 	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // Bounds of the clients.
@@ -35,7 +30,7 @@ type topic struct {
 type client struct {
 	url      string // with its query: room and user
 	instance int
-	conn     *websocket.Conn
+	conn     *wsConn
 	err      error // connect error
 }
 
@@ -73,7 +68,6 @@ type publisher struct {
 
 // dialer connects the clients, counting connect times.
 type dialer struct {
-	httpClient *http.Client
 	hist       histogram
 	ok, failed atomic.Int64
 	connected  atomic.Int64 // open now
@@ -81,20 +75,10 @@ type dialer struct {
 	firstErr   error
 }
 
-func newDialer() *dialer {
-	tr := &http.Transport{MaxIdleConns: -1, DisableCompression: true, ForceAttemptHTTP2: false}
-	return &dialer{httpClient: &http.Client{Transport: tr}}
-}
-
-func (d *dialer) close() { d.httpClient.CloseIdleConnections() }
-
 // dial connects c, recording the connect time or the error.
 func (d *dialer) dial(ctx context.Context, c *client, readLimit int64) {
 	start := time.Now()
-	conn, resp, err := websocket.Dial(ctx, c.url, &websocket.DialOptions{HTTPClient: d.httpClient, CompressionMode: websocket.CompressionDisabled})
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+	conn, err := dialWS(ctx, c.url, readLimit)
 	if err != nil {
 		c.err = err
 		d.failed.Add(1)
@@ -106,7 +90,6 @@ func (d *dialer) dial(ctx context.Context, c *client, readLimit int64) {
 		return
 	}
 	d.hist.record(int64(time.Since(start)))
-	conn.SetReadLimit(readLimit)
 	c.conn = conn
 	d.ok.Add(1)
 	d.connected.Add(1)
@@ -125,39 +108,6 @@ func clientURL(base, room, user string) (string, error) {
 	return u.String(), nil
 }
 
-// readMessage reads one message into buf, and discards what does not fit:
-// it returns the bytes read and whether the message fitted. It allocates
-// nothing.
-func readMessage(conn *websocket.Conn, buf []byte) (int, bool, error) {
-	_, r, err := conn.Reader(context.Background())
-	if err != nil {
-		return 0, false, err
-	}
-	n := 0
-	for {
-		if n == len(buf) {
-			// Too long to be ours: skip the rest into the buffer.
-			for {
-				_, err := r.Read(buf)
-				if errors.Is(err, io.EOF) {
-					return n, false, nil
-				}
-				if err != nil {
-					return n, false, err
-				}
-			}
-		}
-		m, err := r.Read(buf[n:])
-		n += m
-		if errors.Is(err, io.EOF) {
-			return n, true, nil
-		}
-		if err != nil {
-			return n, false, err
-		}
-	}
-}
-
 // run reads until the connection ends; base is the run's clock.
 func (r *receiver) run(base time.Time, bufSize int, ended func(error)) {
 	buf := make([]byte, bufSize)
@@ -165,7 +115,7 @@ func (r *receiver) run(base time.Time, bufSize int, ended func(error)) {
 	r.seen = make([][]uint64, npub)
 	r.probed = make([]bool, npub)
 	for {
-		n, fits, err := readMessage(r.conn, buf)
+		n, fits, err := r.conn.readMessage(buf)
 		if err != nil {
 			ended(err)
 			return
@@ -246,7 +196,7 @@ func (r *receiver) missing(slot int, sent int64) int64 {
 func (p *publisher) drainReads(bufSize int, ended func(error)) {
 	buf := make([]byte, bufSize)
 	for {
-		if _, _, err := readMessage(p.conn, buf); err != nil {
+		if _, _, err := p.conn.readMessage(buf); err != nil {
 			ended(err)
 			return
 		}
@@ -265,7 +215,7 @@ func (p *publisher) probe(ctx context.Context, size int) error {
 	defer ticker.Stop()
 	for seq := int64(0); ; seq++ {
 		put(buf, header{kind: kindProbe, publisher: p.id, seq: seq})
-		if err := p.conn.Write(context.Background(), websocket.MessageText, buf); err != nil {
+		if err := p.conn.writeText(buf); err != nil {
 			return fmt.Errorf("publisher %d: warm-up: %w", p.id, err)
 		}
 		select {
@@ -349,7 +299,7 @@ func (p *publisher) send(buf []byte, seq int64, due time.Duration, base time.Tim
 	put(buf, header{kind: kindLoad, publisher: p.id, seq: seq, due: int64(due)})
 	p.sent.Add(1) // before the write: a receiver may see it before Write returns
 	p.lag.record(int64(time.Since(base) - due))
-	if err := p.conn.Write(context.Background(), websocket.MessageText, buf); err != nil {
+	if err := p.conn.writeText(buf); err != nil {
 		p.writeErr = err
 		return false
 	}

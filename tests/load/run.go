@@ -82,8 +82,7 @@ type runState struct {
 
 // execute runs cfg's scenario and returns its results.
 func execute(ctx context.Context, cfg *config, stderr io.Writer) (*Results, error) {
-	st := &runState{cfg: cfg, base: time.Now(), dialer: newDialer(), prog: newProgress(cfg.progress, stderr)}
-	defer st.dialer.close()
+	st := &runState{cfg: cfg, base: time.Now(), dialer: &dialer{}, prog: newProgress(cfg.progress, stderr)}
 	res := &Results{Scenario: scenarioOf(cfg), Started: st.base.UTC()}
 	toolCPU0 := toolCPU()
 
@@ -363,12 +362,12 @@ func (st *runState) ended(err error) {
 func (st *runState) closeClients() {
 	for _, r := range st.subs {
 		if r.conn != nil {
-			r.conn.CloseNow()
+			r.conn.closeNow()
 		}
 	}
 	for _, p := range st.pubs {
 		if p.conn != nil {
-			p.conn.CloseNow()
+			p.conn.closeNow()
 		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha1"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -150,37 +152,60 @@ func TestClientFragmentedMessage(t *testing.T) {
 	}
 }
 
-// The client answers a ping while it reads, and the close handshake with a
-// close frame of its own, after which it reports io.EOF.
-func TestClientPingAndCloseHandshake(t *testing.T) {
+// The client answers a ping while it reads.
+func TestClientAnswersPings(t *testing.T) {
 	url := serveWS(t, func(ctx context.Context, c *websocket.Conn) error {
 		// coder/websocket reads pongs only while something reads.
-		read := make(chan error, 1)
-		go func() {
-			_, _, err := c.Read(ctx)
-			read <- err
-		}()
+		go func() { _, _, _ = c.Read(ctx) }()
 		if err := c.Ping(ctx); err != nil {
 			return errors.New("ping: " + err.Error())
 		}
-		if err := c.Write(ctx, websocket.MessageText, []byte("after the pong")); err != nil {
-			return err
-		}
-		if err := c.Close(websocket.StatusNormalClosure, "bye"); err != nil {
-			return errors.New("close handshake: " + err.Error())
-		}
-		if err := <-read; websocket.CloseStatus(err) != websocket.StatusNormalClosure {
-			return errors.New("server read after close: " + err.Error())
-		}
-		return nil
+		return c.Write(ctx, websocket.MessageText, []byte("after the pong"))
 	})
 	c := dialTest(t, url, 1<<20)
 	buf := make([]byte, 64)
 	if n, _, err := c.readMessage(buf); err != nil || string(buf[:n]) != "after the pong" {
 		t.Fatalf("read %q, %v", buf[:n], err)
 	}
-	if _, _, err := c.readMessage(buf); !errors.Is(err, io.EOF) {
-		t.Fatalf("read after the close frame: %v, want io.EOF", err)
+}
+
+// The client answers a close frame with a close frame of its own, masked
+// and with the same status, and then reports io.EOF. The server is written
+// by hand, to see the frame.
+func TestClientRepliesToClose(t *testing.T) {
+	reply := make(chan []byte, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(reply)
+		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + websocketGUID))
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(bound))
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(sum[:]) + "\r\n\r\n")
+		_, _ = brw.Write([]byte{0x80 | opClose, 5, 0x03, 0xe8, 'b', 'y', 'e'}) // 1000 "bye"
+		if brw.Flush() != nil {
+			return
+		}
+		frame := make([]byte, 8) // FIN|close, mask bit and length 2, key, status
+		if _, err := io.ReadFull(brw, frame); err == nil {
+			reply <- frame
+		}
+	}))
+	defer srv.Close()
+	c := dialTest(t, "ws"+strings.TrimPrefix(srv.URL, "http"), 1<<20)
+	if _, _, err := c.readMessage(make([]byte, 64)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read of a close frame: %v, want io.EOF", err)
+	}
+	f, ok := <-reply
+	if !ok {
+		t.Fatal("no close frame came back")
+	}
+	status := [2]byte{f[6] ^ f[2], f[7] ^ f[3]}
+	if f[0] != 0x80|opClose || f[1] != 0x80|2 || status != [2]byte{0x03, 0xe8} {
+		t.Fatalf("reply % x, want a masked close frame with status 1000", f)
 	}
 }
 

@@ -39,7 +39,8 @@ type client struct {
 type receiver struct {
 	client
 	topic      *topic
-	hist       histogram
+	hist       histogram    // from the instant each message was due
+	fromSend   histogram    // from the instant each message was sent
 	deliveries atomic.Int64 // distinct measured messages
 	dups       atomic.Int64
 	foreign    atomic.Int64 // messages that are not from the topic's publishers
@@ -165,6 +166,7 @@ func (r *receiver) deliver(b []byte, now int64) {
 	bs[w] |= bit
 	r.deliveries.Add(1)
 	r.hist.record(now - h.due)
+	r.fromSend.record(now - h.sent)
 	if r.watch[slot] {
 		if next := h.seq + 1; next > p.acked.Load() {
 			p.acked.Store(next) // the watcher alone stores
@@ -296,9 +298,10 @@ func (p *publisher) publishWindow(ctx context.Context, base time.Time, size int,
 // send writes message seq, due at due; it reports false when the
 // connection failed.
 func (p *publisher) send(buf []byte, seq int64, due time.Duration, base time.Time) bool {
-	put(buf, header{kind: kindLoad, publisher: p.id, seq: seq, due: int64(due)})
+	now := time.Since(base)
+	put(buf, header{kind: kindLoad, publisher: p.id, seq: seq, due: int64(due), sent: int64(now)})
 	p.sent.Add(1) // before the write: a receiver may see it before Write returns
-	p.lag.record(int64(time.Since(base) - due))
+	p.lag.record(int64(now - due))
 	if err := p.conn.writeText(buf); err != nil {
 		p.writeErr = err
 		return false

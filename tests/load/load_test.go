@@ -139,6 +139,11 @@ func TestClusterOpenLoop(t *testing.T) {
 	if res.Published != 600 {
 		t.Errorf("published %d at 400/s for 1.5s, want 600", res.Published)
 	}
+	// A message is sent at its due instant or after it, so the latency
+	// from the send is never the longer one.
+	if f, l := res.LatencyFromSend, res.Latency; f.Count != res.Delivered || f.P50 > l.P50 || f.P99 > l.P99 || f.Max > l.Max || f.Max <= 0 {
+		t.Errorf("latency from the send %+v, from the due instant %+v", f, l)
+	}
 	for _, s := range res.Servers {
 		if s.StartGoroutines <= 0 || s.EndGoroutines <= 0 {
 			t.Errorf("%s: goroutines %d → %d, want counts from -debug", s.Name, s.StartGoroutines, s.EndGoroutines)

@@ -9,7 +9,7 @@ import (
 
 func TestPayloadRoundTrip(t *testing.T) {
 	b := newPayload(100)
-	h := header{kind: kindLoad, publisher: 12345, seq: 1<<40 + 7, due: int64(90 * time.Second)}
+	h := header{kind: kindLoad, publisher: 12345, seq: 1<<40 + 7, due: int64(90 * time.Second), sent: int64(91 * time.Second)}
 	put(b, h)
 	if len(b) != 100 || b[0] == '{' || b[99] != '.' {
 		t.Fatalf("payload %q", b)

@@ -12,9 +12,10 @@ import "errors"
 //	offset  9: sequence number, 16 hex digits, from 0 for each publisher
 //	offset 25: the instant it was due, nanoseconds since the run's
 //	           start on the tool's monotonic clock, 16 hex digits
-//	offset 41: '.' up to -size bytes
+//	offset 41: the instant it was sent, on the same clock, 16 hex digits
+//	offset 57: '.' up to -size bytes
 const (
-	headerLen = 41
+	headerLen = 57
 	kindLoad  = 'L'
 	kindProbe = 'W'
 )
@@ -25,6 +26,7 @@ type header struct {
 	publisher int
 	seq       int64
 	due       int64 // ns since the run's start
+	sent      int64 // likewise
 }
 
 var errNotLoad = errors.New("not a load tool message")
@@ -45,6 +47,7 @@ func put(b []byte, h header) {
 	putHex(b[1:9], uint64(h.publisher))
 	putHex(b[9:25], uint64(h.seq))
 	putHex(b[25:41], uint64(h.due))
+	putHex(b[41:57], uint64(h.sent))
 }
 
 const hexDigits = "0123456789abcdef"
@@ -64,10 +67,11 @@ func parse(b []byte) (header, error) {
 	p, ok1 := getHex(b[1:9])
 	s, ok2 := getHex(b[9:25])
 	d, ok3 := getHex(b[25:41])
-	if !ok1 || !ok2 || !ok3 || s>>63 != 0 || d>>63 != 0 {
+	t, ok4 := getHex(b[41:57])
+	if !ok1 || !ok2 || !ok3 || !ok4 || s>>63 != 0 || d>>63 != 0 || t>>63 != 0 {
 		return header{}, errNotLoad
 	}
-	return header{kind: b[0], publisher: int(p), seq: int64(s), due: int64(d)}, nil
+	return header{kind: b[0], publisher: int(p), seq: int64(s), due: int64(d), sent: int64(t)}, nil
 }
 
 func getHex(b []byte) (uint64, bool) {

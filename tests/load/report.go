@@ -140,6 +140,10 @@ func printTable(w io.Writer, r *Results) {
 	if r.Expected > 0 {
 		row("latency ms", "p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  (mean %s)", msName(l.P50), msName(l.P90), msName(l.P99), msName(l.P999), msName(l.Max), msName(l.Mean))
 		row("send lag ms", "p50 %s  p99 %s  max %s", msName(r.SendLag.P50), msName(r.SendLag.P99), msName(r.SendLag.Max))
+		if r.TargetRate > 0 {
+			f := r.LatencyFromSend
+			row("from send ms", "p50 %s  p90 %s  p99 %s  p99.9 %s  max %s  (mean %s)", msName(f.P50), msName(f.P90), msName(f.P99), msName(f.P999), msName(f.Max), msName(f.Mean))
+		}
 	}
 	if r.WindowStalls > 0 {
 		row("window stalls", "%d", r.WindowStalls)

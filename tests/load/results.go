@@ -41,6 +41,10 @@ type Results struct {
 	// SendLag is how late the publishers were on their schedule: the
 	// tool's own timer and socket delay, included in Latency.
 	SendLag LatencyFigures `json:"send_lag_ms"`
+	// LatencyFromSend is from the instant a message was handed to the
+	// publisher's socket to its arrival: Latency without the publisher's
+	// lateness. In a window run the two are the same.
+	LatencyFromSend LatencyFigures `json:"latency_from_send_ms"`
 	// WindowStalls counts the times a full window waited a second and
 	// sent anyway (messages lost to the watcher).
 	WindowStalls int64 `json:"window_stalls"`
@@ -179,9 +183,10 @@ func (st *runState) collect(res *Results, expected int64, active time.Duration, 
 	res.Expected = expected
 	res.TargetRate = cfg.rate
 	res.ActiveSeconds = active.Seconds()
-	var lat, lag snapshot
+	var lat, fromSend, lag snapshot
 	for _, r := range st.subs {
 		lat.add(&r.hist)
+		fromSend.add(&r.fromSend)
 		res.Delivered += r.deliveries.Load()
 		res.Duplicated += r.dups.Load()
 		res.Foreign += r.foreign.Load()
@@ -209,6 +214,7 @@ func (st *runState) collect(res *Results, expected int64, active time.Duration, 
 	}
 	res.Latency = latencyOf(&lat)
 	res.SendLag = latencyOf(&lag)
+	res.LatencyFromSend = latencyOf(&fromSend)
 	res.Dropped = st.dropped.Load()
 	if st.dropErr != nil {
 		res.DropError = st.dropErr.Error()

@@ -149,5 +149,8 @@
 // A panic in a hook is recovered, reported to Hooks.Error as an
 // *edge.PanicError and closes only that peer, with 1011. A panic in
 // Hooks.Upgrade is answered 500 and logged with log/slog, since there is no
-// peer yet; a panic in Hooks.Error is logged with log/slog.
+// peer yet; a panic in Hooks.Error is logged with log/slog. A panic in what
+// reads a peer's connection (the net.Conn the server hijacked, or the
+// library's reader) drops only that connection: it is reported to
+// Hooks.Error as an *edge.PanicError, and Hooks.Close receives 1006.
 package longlived

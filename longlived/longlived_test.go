@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -897,4 +898,71 @@ func TestServeHTTPReturnsWhileThePeerIsServed(t *testing.T) {
 		t.Error("Handler.Close returned before Hooks.Close ran")
 	}
 	noPeerGoroutines(t)
+}
+
+// panickyConns is a listener whose connections panic in Read once armed,
+// as a bug below the read loop would.
+type panickyConns struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []*panickyConn
+}
+
+func (l *panickyConns) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	pc := &panickyConn{Conn: c}
+	l.mu.Lock()
+	l.conns = append(l.conns, pc)
+	l.mu.Unlock()
+	return pc, nil
+}
+
+func (l *panickyConns) arm(i int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.conns[i].armed.Store(true)
+}
+
+type panickyConn struct {
+	net.Conn
+	armed atomic.Bool
+}
+
+func (c *panickyConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if c.armed.Load() {
+		panic("conn bug")
+	}
+	return n, err
+}
+
+// TestReadPanicDropsOnlyThatPeer: a panic in what reads a peer's
+// connection drops that connection, is reported, and leaves the process
+// and the other peers as they were.
+func TestReadPanicDropsOnlyThatPeer(t *testing.T) {
+	conns := &panickyConns{}
+	s := startOn(t, edge.Hooks{Message: echo}, nil, func(l net.Listener) net.Listener {
+		conns.Listener = l
+		return conns
+	})
+	bad, badPeer := s.dial(t, "/")
+	good, _ := s.dial(t, "/")
+
+	conns.arm(0)
+	send(t, bad, websocket.MessageText, "boom")
+	ev := recv(t, s.errs, "Hooks.Error")
+	var pe *edge.PanicError
+	if !errors.As(ev.err, &pe) || pe.Value != "conn bug" || len(pe.Stack) == 0 || ev.peer.ID() != badPeer.ID() {
+		t.Fatalf("Hooks.Error(%v, %v), want the bad peer's *edge.PanicError", ev.peer.ID(), ev.err)
+	}
+	s.expectClosed(t, badPeer, 1006)
+	if _, _, err := bad.Read(context.Background()); err == nil {
+		t.Fatal("the bad peer's connection is still open")
+	}
+
+	send(t, good, websocket.MessageText, "still here")
+	expectText(t, good, "still here")
 }

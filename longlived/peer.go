@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -501,7 +502,18 @@ func (p *peer) serve() {
 // readLoop reads messages and hands them to Hooks.Message until the
 // connection fails or the handler decides to close it (errStopped).
 // Messages that arrive once the peer is closing are discarded.
-func (p *peer) readLoop() error {
+//
+// The hooks' panics are the HookRunner's. A panic below the loop, in what
+// reads the connection, ends this connection alone, as a failure: it is
+// reported to Hooks.Error as an *edge.PanicError, and the connection is
+// dropped, as net/http drops the connection of a handler that panics.
+func (p *peer) readLoop() (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &edge.PanicError{Value: v, Stack: debug.Stack()}
+			p.report(fmt.Errorf("longlived: reading from the connection: %w", err))
+		}
+	}()
 	ctx := context.Background()
 	defer p.in.stop()
 	var read int64 // messages coder/websocket has returned

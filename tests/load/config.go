@@ -39,9 +39,12 @@ type config struct {
 	instances   int
 	// instancesSet records that -instances was given.
 	instancesSet bool
-	procs        int // Lambda processes under the emulator
+	// subscribersSet records that -subscribers was given.
+	subscribersSet bool
+	procs          int // Lambda processes under the emulator
 
 	topics      int
+	total       int // -clients: all clients together, 0 when not given
 	subscribers int // per topic
 	publishers  int // per topic
 	placement   string
@@ -103,6 +106,7 @@ Flags:
 	fs.IntVar(&c.instances, "instances", 2, "chat servers to start (-target chat)")
 	fs.IntVar(&c.procs, "procs", 2, "Lambda processes under the emulator (-target lambda)")
 	fs.IntVar(&c.topics, "topics", 1, "topics (chat rooms)")
+	fs.IntVar(&c.total, "clients", 0, "clients in all, instead of -subscribers: each topic gets an equal share, its -publishers and the rest subscribers (a multiple of -topics)")
 	fs.IntVar(&c.subscribers, "subscribers", 10, "subscribing clients per topic")
 	fs.IntVar(&c.publishers, "publishers", 1, "publishing clients per topic (0: idle connections only)")
 	fs.StringVar(&c.placement, "placement", "spread", "where clients connect: `spread` (round robin over the instances) or split (publishers on the first instance, subscribers on the others)")
@@ -134,7 +138,10 @@ Flags:
 	if fs.NArg() > 0 {
 		return fail(fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
-	fs.Visit(func(f *flag.Flag) { c.instancesSet = c.instancesSet || f.Name == "instances" })
+	fs.Visit(func(f *flag.Flag) {
+		c.instancesSet = c.instancesSet || f.Name == "instances"
+		c.subscribersSet = c.subscribersSet || f.Name == "subscribers"
+	})
 	if urls != "" {
 		c.urls = strings.Split(urls, ",")
 	}
@@ -178,6 +185,11 @@ func (c *config) check() error {
 	}
 	if c.procs < 1 || c.procs > 64 {
 		return fmt.Errorf("-procs %d: want 1 to 64", c.procs)
+	}
+	if c.total != 0 {
+		if err := c.share(); err != nil {
+			return err
+		}
 	}
 	if c.topics < 1 || c.subscribers < 0 || c.publishers < 0 {
 		return fmt.Errorf("-topics %d, -subscribers %d, -publishers %d: want 1 topic or more and no negative count", c.topics, c.subscribers, c.publishers)
@@ -233,6 +245,22 @@ func (c *config) check() error {
 	case "nats":
 		return checkLoopbackURL("-nats", c.natsURL, "nats", "tls")
 	}
+	return nil
+}
+
+// share derives the subscribers per topic from -clients.
+func (c *config) share() error {
+	switch {
+	case c.subscribersSet:
+		return errors.New("-clients and -subscribers: give one of them")
+	case c.total < 0 || c.total > maxClients:
+		return fmt.Errorf("-clients %d: want 1 to %d", c.total, maxClients)
+	case c.topics < 1 || c.total%c.topics != 0:
+		return fmt.Errorf("-clients %d: want a multiple of -topics (%d)", c.total, c.topics)
+	case c.total/c.topics < c.publishers:
+		return fmt.Errorf("-clients %d: fewer than -topics × -publishers (%d × %d)", c.total, c.topics, c.publishers)
+	}
+	c.subscribers = c.total/c.topics - c.publishers
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,7 +187,7 @@ func TestRelay(t *testing.T) {
 // and connection storm scenarios do.
 func TestIdleConnections(t *testing.T) {
 	t.Parallel()
-	res := runJSON(t, "-chat-bin", chatBin(t), "-backplane", "none", "-instances", "1", "-subscribers", "50", "-publishers", "0",
+	res := runJSON(t, "-chat-bin", chatBin(t), "-backplane", "none", "-instances", "1", "-clients", "50", "-publishers", "0",
 		"-connect-concurrency", "0", "-duration", "1500ms")
 	if res.Connect.Connected != 50 || res.Connect.Failed != 0 || res.Connect.PerSecond <= 0 || res.Connect.MaxMs <= 0 {
 		t.Errorf("connect: %+v", res.Connect)
@@ -252,6 +253,10 @@ func TestBadFlags(t *testing.T) {
 		{"-duration", "0s"},
 		{"-subscribers", "-1"},
 		{"-subscribers", "0", "-publishers", "0"},
+		{"-clients", "10", "-subscribers", "5"},
+		{"-clients", "10", "-topics", "3"},
+		{"-clients", "4", "-topics", "2", "-publishers", "3"},
+		{"-clients", "-4"},
 		{"-placement", "split", "-instances", "1", "-backplane", "none"},
 		{"-placement", "diagonal"},
 		{"-connect-concurrency", "-5"},
@@ -266,6 +271,18 @@ func TestBadFlags(t *testing.T) {
 	}
 	if code, _, stderr := runLoad(t, "-h"); code != 0 || !strings.Contains(stderr, "-subscribers") {
 		t.Errorf("-h: exit %d, %q", code, firstLine(stderr))
+	}
+}
+
+// TestClientsFlag gives the scenario by its clients in all: each topic
+// gets an equal share, its publishers and the rest subscribers.
+func TestClientsFlag(t *testing.T) {
+	c, err := parseConfig([]string{"-clients", "12", "-topics", "2", "-publishers", "1"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.subscribers != 5 || c.clients() != 12 {
+		t.Errorf("-clients 12 over 2 topics with 1 publisher each: %d subscribers a topic, %d clients; want 5 and 12", c.subscribers, c.clients())
 	}
 }
 
